@@ -1,0 +1,3 @@
+from fmnist.cli import entry_point
+
+entry_point()

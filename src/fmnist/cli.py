@@ -1,0 +1,173 @@
+"""The `fmnist` command: thin subcommands that parse, call one library function, and print.
+
+Bad input ends as one line on stderr: exit status 2 for a bad command line or
+setting, 1 for a problem with the data or a run folder. Never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from fmnist import ConfigError, FmnistError, __version__
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, not usage + message
+        raise ConfigError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, received {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, received {text!r}")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="fmnist", description="Fashion-MNIST classifiers you can trust.")
+    parser.add_argument("--version", action="version", version=f"fmnist {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    train = commands.add_parser("train", help="train a model and write its run folder")
+    train.add_argument("--config", type=Path, help="a TOML file of settings")
+    train.add_argument("--model", help="registered model name (default: mlp, the reference model)")
+    train.add_argument("--epochs", type=_positive_int)
+    train.add_argument("--batch-size", type=_positive_int)
+    train.add_argument("--learning-rate", type=float)
+    train.add_argument("--validation-split", type=float)
+    train.add_argument("--seed", type=int)
+    train.add_argument("--train-images", type=_positive_int, help="use only the first N training images")
+    train.add_argument("--test-images", type=_positive_int, help="use only the first N test images")
+    train.add_argument("--backend", help="Keras backend: jax or tensorflow (default: the model's fastest)")
+    train.add_argument("--out", type=Path, help="run folder (default: runs/<UTC time>-<model>)")
+    train.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue an unfinished run")
+    train.add_argument("--data-dir", type=Path, help="directory with the four IDX files")
+    train.add_argument("--show", action="store_true", help="open the learning curves in a window")
+
+    evaluate = commands.add_parser("evaluate", help="re-score a run on the test set")
+    evaluate.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    evaluate.add_argument("--backend", help="Keras backend: jax or tensorflow")
+    evaluate.add_argument("--data-dir", type=Path)
+
+    data = commands.add_parser("data", help="find and verify the dataset, or download it")
+    data.add_argument("--data-dir", type=Path)
+    data.add_argument("--fetch", action="store_true", help="download the dataset into the cache")
+
+    commands.add_parser("models", help="list the registered models")
+
+    bench = commands.add_parser("bench", help="benchmarks")
+    benches = bench.add_subparsers(dest="bench", required=True, parser_class=_Parser)
+    speed = benches.add_parser("speed", help="fmnist train vs. the seed script, whole processes")
+    speed.add_argument("--repeats", type=_positive_int, default=3)
+    speed.add_argument("--json", type=Path, help="also write the results to this file")
+    return parser
+
+
+def _train(args: argparse.Namespace) -> int:
+    from fmnist import config, models, runs
+
+    if args.resume is not None:
+        metadata = runs.read_metadata(runs.find_partial(args.resume))
+        models.select_backend(metadata["model"], args.backend or metadata["backend"])
+        settings = None
+    else:
+        settings = config.resolve(
+            args.config,
+            model=args.model,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            learning_rate=args.learning_rate,
+            validation_split=args.validation_split,
+            seed=args.seed,
+            train_images=args.train_images,
+            test_images=args.test_images,
+        )
+        models.select_backend(settings.model, args.backend)
+    from fmnist import experiment, plots
+
+    final = experiment.train_run(
+        settings or config.TrainConfig(), out=args.out, data_dir=args.data_dir, resume=args.resume
+    )
+    if args.show and not plots.show([final / runs.FIGURES["curves"]]):
+        print(f"no display: open {final / runs.REPORT_FILE} or the PNG files in {final}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from fmnist import models, runs
+
+    metadata = runs.read_metadata(args.run_dir)
+    models.select_backend(metadata["model"], args.backend)
+    from fmnist import experiment
+
+    test = experiment.evaluate_run(args.run_dir, data_dir=args.data_dir)
+    print(f"test accuracy {test['accuracy']:.4f} on {test['images']} images; "
+          f"rewrote metrics, plots and report in {args.run_dir}")
+    return 0
+
+
+def _data(args: argparse.Namespace) -> int:
+    from fmnist import data
+
+    if args.fetch:
+        directory = data.fetch()
+        if args.data_dir is None:
+            args.data_dir = directory
+    dataset = data.load(args.data_dir, download=False)
+    print(f"Fashion-MNIST found in {dataset.description}: {dataset.source}")
+    for name, path in dataset.files.items():
+        print(f"  {path.name:30s} verified  sha256 {dataset.sha256[name][:16]}...")
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    from fmnist import models
+
+    for spec in models.MODELS.values():
+        print(f"{spec.name:10s} backend {spec.backend:10s} {spec.description}")
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from fmnist import bench
+
+    bench.speed(repeats=args.repeats, json_path=args.json)
+    return 0
+
+
+COMMANDS = {"train": _train, "evaluate": _evaluate, "data": _data, "models": _models, "bench": _bench}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI and return its exit status."""
+    try:
+        args = _parser().parse_args(argv)
+        return COMMANDS[args.command](args)
+    except ConfigError as error:
+        print(f"fmnist: error: {error}", file=sys.stderr)
+        return 2
+    except FmnistError as error:
+        print(f"fmnist: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("fmnist: interrupted", file=sys.stderr)
+        return 130
+
+
+def entry_point() -> None:
+    """The console script: run, flush, and leave without the slow interpreter teardown.
+
+    Every file has been written and renamed into place by then; skipping the
+    teardown of JAX's and TensorFlow's runtimes saves noticeable time per run.
+    """
+    status = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)

@@ -1,0 +1,208 @@
+"""One library function per CLI workflow: train a run, re-evaluate a run.
+
+This is the glue between the stages (data -> models -> train -> run folder ->
+evaluate / plots / report); each stage's logic lives in its own module.
+The Keras backend must already be chosen (`models.select_backend`) before
+this module is imported, because it imports Keras.
+"""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+import time
+from importlib import metadata as package_metadata
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+from fmnist import FmnistError, __version__, data, evaluate, models, plots, report, runs, train
+from fmnist.config import TrainConfig, from_dict
+
+PREDICTION_GRID_IMAGES = 15  # the first test images, shown in predictions.png
+
+
+def train_run(
+    config: TrainConfig,
+    out: Path | None = None,
+    runs_root: Path = Path("runs"),
+    data_dir: Path | None = None,
+    resume: Path | None = None,
+) -> Path:
+    """Train `config` (or continue the unfinished run `resume`) and return the finished run folder."""
+    started = time.perf_counter()
+    if resume is not None:
+        partial = runs.find_partial(resume)
+        metadata = runs.read_metadata(partial)
+        config = from_dict(metadata["config"])
+        if metadata["backend"] != keras.backend.backend():
+            raise FmnistError(
+                f"{partial} was trained on {metadata['backend']}; resume it with "
+                f"--backend {metadata['backend']}"
+            )
+    else:
+        partial = runs.start(out or runs.default_dir(runs_root, config.model))
+        metadata = _new_metadata(config)
+    print(f"run folder: {partial}  (resume with: fmnist train --resume {partial})", flush=True)
+
+    dataset = data.load(data_dir)
+    x_train, y_train = dataset.x_train[: config.train_images], dataset.y_train[: config.train_images]
+    x_fit, y_fit, x_val, y_val = data.split(x_train, y_train, config.validation_split)
+    x_test, y_test = dataset.x_test[: config.test_images], dataset.y_test[: config.test_images]
+    metadata["data"] = {
+        "source": str(dataset.source),
+        "sha256": dataset.sha256,
+        "train_images": len(x_train),
+        "test_images": len(x_test),
+    }
+    metadata["split"] = {
+        "method": "last",
+        "description": "the last validation_split of the training images, as Keras's validation_split",
+        "fit_images": len(x_fit),
+        "validation_images": len(x_val),
+        "validation_class_counts": np.bincount(y_val, minlength=len(data.CLASS_NAMES)).tolist(),
+    }
+    runs.write_metadata(partial, metadata)
+    data_seconds = time.perf_counter() - started
+
+    keras.utils.set_random_seed(config.seed)
+    model = models.get(config.model).build()
+    metadata["parameters"] = models.count_parameters(model)
+    fit_started = time.perf_counter()
+    history = train.fit(
+        config, model, x_fit, y_fit, x_val, y_val, checkpoint=partial / runs.CHECKPOINT_FILE
+    )
+    fit_seconds = time.perf_counter() - fit_started
+    metadata["selection"] = "the model after the last epoch (no early stopping)"
+    metadata["metrics"] = {
+        "validation": {"loss": history[-1]["val_loss"], "accuracy": history[-1]["val_accuracy"]}
+    }
+    metadata["timings"] = {
+        "data_seconds": data_seconds,
+        "fit_seconds": fit_seconds,
+        "epoch_seconds": [row["seconds"] for row in history],
+    }
+    runs.save_model(partial, model)
+    runs.write_history(partial, history)
+    _score_and_report(partial, metadata, history, model, x_test, y_test)
+    final = runs.finish(partial)
+    accuracy = metadata["metrics"]["test"]["accuracy"]
+    print(f"test accuracy {accuracy:.4f} on {len(x_test)} images; run folder: {final}", flush=True)
+    return final
+
+
+def evaluate_run(run_dir: Path, data_dir: Path | None = None) -> dict[str, Any]:
+    """Re-score a finished run on the test set; rewrite its metrics, plots and report."""
+    metadata = runs.read_metadata(run_dir)
+    model = runs.load_model(run_dir)
+    config = from_dict(metadata["config"])
+    dataset = data.load(data_dir)
+    history = _read_history(run_dir)
+    _score_and_report(
+        run_dir, metadata, history, model,
+        dataset.x_test[: config.test_images], dataset.y_test[: config.test_images],
+    )
+    return metadata["metrics"]["test"]
+
+
+def _score_and_report(
+    directory: Path,
+    metadata: dict[str, Any],
+    history: list[dict[str, float]],
+    model: keras.Model,
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+) -> None:
+    """Score the test set once, then write the figures, the report and the metadata."""
+    started = time.perf_counter()
+    probabilities = models.compile_predict(model)(x_test)
+    test = evaluate.score(y_test, probabilities, data.CLASS_NAMES)
+    metadata["metrics"]["test"] = test
+    metadata["evaluated_backend"] = keras.backend.backend()
+    metadata["timings"]["evaluate_seconds"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    shown = slice(0, PREDICTION_GRID_IMAGES)
+    figures = {
+        "curves": plots.learning_curves(history),
+        "confusion_matrix": plots.confusion_matrix(np.array(test["confusion_matrix"]), data.CLASS_NAMES),
+        "predictions": plots.prediction_grid(
+            x_test[shown], y_test[shown], probabilities[shown], data.CLASS_NAMES
+        ),
+    }
+    for key, figure in figures.items():
+        plots.save(figure, directory / runs.FIGURES[key])
+    runs.write_bytes(
+        directory / runs.REPORT_FILE,
+        report.render(metadata, directory, runs.FIGURES).encode(),
+    )
+    metadata["timings"]["report_seconds"] = time.perf_counter() - started
+    runs.write_metadata(directory, metadata)
+
+
+def _read_history(directory: Path) -> list[dict[str, float]]:
+    import csv
+
+    try:
+        with open(directory / runs.HISTORY_FILE, newline="") as file:
+            return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(file)]
+    except (OSError, ValueError) as error:
+        raise FmnistError(f"{directory / runs.HISTORY_FILE} is missing or unreadable: {error}") from None
+
+
+def _new_metadata(config: TrainConfig) -> dict[str, Any]:
+    return {
+        "format": "fmnist-run",
+        "format_version": runs.FORMAT_VERSION,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "model": config.model,
+        "config": config.to_dict(),
+        "seed": config.seed,
+        "backend": keras.backend.backend(),
+        "versions": _versions(),
+        "machine": {"cpu": _cpu_name(), "platform": platform.platform()},
+        "git_commit": _git_commit(),
+        "class_names": list(data.CLASS_NAMES),
+        "input": {
+            "shape": [data.IMAGE_SIZE, data.IMAGE_SIZE],
+            "dtype": "uint8",
+            "range": [0, 255],
+            "layout": "a light garment on a black background, centred, as the dataset stores it",
+            "scaling": "inside the model (Rescaling 1/255)",
+        },
+        "output": "probabilities of the classes in class_names order",
+    }
+
+
+def _versions() -> dict[str, str]:
+    versions = {"fmnist": __version__, "python": platform.python_version()}
+    for name in ("keras", "numpy", "jax", "jaxlib", "tensorflow", "tensorflow-cpu"):
+        try:
+            versions[name] = package_metadata.version(name)
+        except package_metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _git_commit() -> str | None:
+    """The commit of the fmnist source tree, with -dirty if it has local changes."""
+    try:
+        result = subprocess.run(
+            ["git", "describe", "--always", "--dirty", "--abbrev=40"],
+            cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout.strip() or None if result.returncode == 0 else None

@@ -1,0 +1,180 @@
+"""A small registry of Keras architectures by name, and compiled inference.
+
+Every model takes raw images, `uint8` of shape (n, 28, 28) with values 0-255,
+scales them inside itself (a `Rescaling` layer), and returns class
+probabilities of shape (n, 10). So a saved model takes the same input
+everywhere: training, evaluation, the CLI and the server.
+
+Keras is imported inside the functions, not at module level: the registry is
+read to choose the Keras backend, and the backend must be fixed before Keras is
+first imported.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from fmnist import ConfigError, FmnistError
+
+if TYPE_CHECKING:
+    import keras
+
+NUM_CLASSES = 10
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    build: Callable[[], keras.Model]
+    backend: str  # the Keras backend this model trains fastest on, measured on CPU
+    description: str
+    # CPU cores to run on (None: all). The MLP's steps are so small that
+    # waking threads on other cores costs more than it gains: one core is faster.
+    cpu_cores: int | None = None
+
+
+def build_mlp() -> keras.Model:
+    """The reference model, exactly the seed script's: 784-128-64-10, relu, softmax."""
+    import keras
+
+    return keras.Sequential(
+        [
+            keras.Input(shape=(28, 28), dtype="uint8", name="image"),
+            keras.layers.Rescaling(1.0 / 255.0, name="scale"),
+            keras.layers.Flatten(name="flatten"),
+            keras.layers.Dense(128, activation="relu", name="dense_128"),
+            keras.layers.Dense(64, activation="relu", name="dense_64"),
+            keras.layers.Dense(NUM_CLASSES, activation="softmax", name="probabilities"),
+        ],
+        name="mlp",
+    )
+
+
+MODELS: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in [
+        ModelSpec(
+            "mlp",
+            build_mlp,
+            backend="jax",
+            description="the reference MLP (Flatten, Dense 128, Dense 64, Dense 10 softmax)",
+            cpu_cores=1,
+        ),
+    ]
+}
+
+
+def get(name: str) -> ModelSpec:
+    """The registered model called `name`, or a clear error listing the known ones."""
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise ConfigError(
+            f"unknown model {name!r}; known models: {', '.join(sorted(MODELS))}"
+        ) from None
+
+
+def compile_predict(model: keras.Model, batch_size: int = 1000) -> Callable[[np.ndarray], np.ndarray]:
+    """A compiled inference function: uint8 images (n, 28, 28) -> float32 probabilities (n, 10).
+
+    It calls the model directly as one compiled function per fixed-size batch
+    (the last batch is padded), avoiding `model.predict`'s per-call overhead
+    and recompilation for every new input size.
+    """
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        @jax.jit
+        def forward(trainable, non_trainable, images):
+            return model.stateless_call(trainable, non_trainable, images, training=False)[0]
+
+        def call(images: np.ndarray) -> np.ndarray:
+            trainable = [v.value for v in model.trainable_variables]
+            non_trainable = [v.value for v in model.non_trainable_variables]
+            return np.asarray(forward(trainable, non_trainable, images))
+
+    elif backend == "tensorflow":
+        import tensorflow as tf
+
+        forward_tf = tf.function(lambda images: model(images, training=False), jit_compile=False)
+
+        def call(images: np.ndarray) -> np.ndarray:
+            return forward_tf(images).numpy()
+
+    else:
+        raise FmnistError(f"unsupported Keras backend {backend!r}; use jax or tensorflow")
+
+    def predict(images: np.ndarray) -> np.ndarray:
+        images = np.asarray(images, dtype=np.uint8)
+        outputs = []
+        for start in range(0, len(images), batch_size):
+            batch = images[start : start + batch_size]
+            padding = batch_size - len(batch)
+            if padding:
+                batch = np.concatenate([batch, np.zeros((padding,) + batch.shape[1:], np.uint8)])
+            outputs.append(call(batch)[: batch_size - padding])
+        if not outputs:
+            return np.zeros((0, NUM_CLASSES), np.float32)
+        return np.concatenate(outputs).astype(np.float32, copy=False)
+
+    return predict
+
+
+def count_parameters(model: keras.Model) -> int:
+    return int(sum(np.prod(v.shape) for v in model.weights))
+
+
+def select_backend(model: str, requested: str | None = None) -> str:
+    """Fix the Keras backend for this process, before Keras is imported.
+
+    The user's choice wins (`requested`, from `--backend`, then the
+    `KERAS_BACKEND` environment variable); otherwise the model's measured
+    fastest backend is used.
+    """
+    import os
+    import sys
+
+    from fmnist.config import BACKENDS
+
+    backend = requested or os.environ.get("KERAS_BACKEND") or get(model).backend
+    if backend not in BACKENDS:
+        raise ConfigError(f"unsupported backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
+    if "keras" in sys.modules:
+        import keras
+
+        if keras.backend.backend() != backend:
+            raise FmnistError(
+                f"Keras is already running on {keras.backend.backend()!r} in this process; "
+                f"start a new process to use {backend!r}"
+            )
+    os.environ["KERAS_BACKEND"] = backend
+    cores = get(model).cpu_cores
+    if cores and hasattr(os, "sched_setaffinity") and "jax" not in sys.modules:
+        # Threads inherit the affinity of the thread that starts them, so this
+        # must happen before the backend starts its thread pools.
+        os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:cores])
+    # Compiled XLA programs are kept between runs: compiling the training step
+    # costs about a second, a large share of a 10-epoch MLP run.
+    from fmnist.data import cache_dir
+
+    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(cache_dir() / "jax"))
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+    # TensorFlow's C++ start-up chatter is noise for users; real errors still show.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if backend == "jax" and "tensorflow" not in sys.modules:
+        # Keras imports TensorFlow whenever it is installed, even on JAX, only to
+        # test whether objects are TensorFlow types (in saving, seeding and data
+        # adapters). fmnist never passes TensorFlow objects on JAX, so telling
+        # Keras's lazy loader that TensorFlow is absent saves ~2 s per process.
+        from keras.src.utils import module_utils
+
+        module_utils.tensorflow._available = False
+    return backend

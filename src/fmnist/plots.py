@@ -1,0 +1,118 @@
+"""Matplotlib figures of a run: learning curves, confusion matrix, predictions.
+
+Figures are built as `matplotlib.figure.Figure` objects on the Agg canvas, with
+no pyplot state, so they render the same with or without a display and from
+any thread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+
+def _figure(width: float, height: float, layout: str | None = "constrained") -> Figure:
+    figure = Figure(figsize=(width, height), layout=layout)
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def learning_curves(history: Sequence[dict[str, float]]) -> Figure:
+    """Training and validation accuracy and loss per epoch (the seed's two plots)."""
+    figure = _figure(11, 4)
+    epochs = [row["epoch"] for row in history]
+    for axes, key, title in zip(figure.subplots(1, 2), ("accuracy", "loss"), ("Accuracy", "Loss")):
+        axes.plot(epochs, [row[key] for row in history], "o-", label="training")
+        axes.plot(epochs, [row[f"val_{key}"] for row in history], "s-", label="validation")
+        axes.set_title(title)
+        axes.set_xlabel("epoch")
+        axes.set_ylabel(key)
+        axes.grid(alpha=0.3)
+        axes.legend()
+        axes.xaxis.get_major_locator().set_params(integer=True)
+    return figure
+
+
+def confusion_matrix(matrix: np.ndarray, class_names: Sequence[str]) -> Figure:
+    """Test-set confusion matrix: counts, with rows coloured by recall."""
+    matrix = np.asarray(matrix)
+    figure = _figure(7.5, 6.5)
+    axes = figure.subplots()
+    rates = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+    image = axes.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    ticks = np.arange(len(class_names))
+    axes.set_xticks(ticks, class_names, rotation=45, ha="right")
+    axes.set_yticks(ticks, class_names)
+    axes.set_xlabel("predicted class")
+    axes.set_ylabel("true class")
+    axes.set_title(f"Confusion matrix ({int(matrix.sum())} test images)")
+    for (row, column), count in np.ndenumerate(matrix):
+        axes.text(
+            column, row, str(count), ha="center", va="center", fontsize=7,
+            color="white" if rates[row, column] > 0.5 else "black",
+        )
+    figure.colorbar(image, ax=axes, label="fraction of the true class")
+    return figure
+
+
+def prediction_grid(
+    images: np.ndarray,
+    labels: np.ndarray,
+    probabilities: np.ndarray,
+    class_names: Sequence[str],
+    columns: int = 5,
+) -> Figure:
+    """Test images with predicted vs. true class, each beside its probability bars.
+
+    Green: correct, red: wrong, as in TensorFlow's classification tutorial.
+    """
+    rows = -(-len(images) // columns)
+    # A fixed layout: constrained layout costs half a second for this many axes.
+    figure = _figure(2.6 * columns, 1.6 * rows, layout=None)
+    grid = figure.subplots(rows, 2 * columns, squeeze=False, width_ratios=[1, 1.2] * columns)
+    figure.subplots_adjust(left=0.01, right=0.99, bottom=0.04, top=0.9, wspace=0.15, hspace=0.6)
+    for axes in grid.flat:
+        axes.set_axis_off()
+    for index, (image, label, probs) in enumerate(zip(images, labels, probabilities)):
+        picture, bars = grid[index // columns, 2 * (index % columns) : 2 * (index % columns) + 2]
+        predicted = int(np.argmax(probs))
+        colour = "tab:green" if predicted == label else "tab:red"
+        picture.imshow(image, cmap="gray", vmin=0, vmax=255)
+        picture.set_title(
+            f"{class_names[predicted]} {probs[predicted]:.0%}\n(true: {class_names[label]})",
+            fontsize=7, color=colour,
+        )
+        bars.set_axis_on()
+        bar_colours = ["lightgray"] * len(probs)
+        bar_colours[predicted] = "tab:red"
+        bar_colours[int(label)] = "tab:green"
+        bars.bar(range(len(probs)), probs, color=bar_colours)
+        bars.set_ylim(0, 1)
+        bars.set_xticks(range(len(probs)))
+        bars.tick_params(labelsize=5, length=0)
+        bars.set_yticks([])
+    return figure
+
+
+def save(figure: Figure, path: Path) -> None:
+    figure.savefig(path, dpi=100)
+
+
+def show(paths: Sequence[Path]) -> bool:
+    """Open images in a window if a GUI backend is available; return whether it did."""
+    import matplotlib
+    import matplotlib.pyplot as pyplot
+
+    if matplotlib.get_backend().lower() in {"agg", "pdf", "svg", "ps", "cairo", "template"}:
+        return False
+    for path in paths:
+        window = pyplot.figure(path.name)
+        axes = window.add_axes((0, 0, 1, 1))
+        axes.imshow(pyplot.imread(path))
+        axes.set_axis_off()
+    pyplot.show()
+    return True

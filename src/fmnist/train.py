@@ -1,0 +1,257 @@
+"""Fitting a model: the epoch loop, shuffling, validation, checkpoints and resume.
+
+The loop is the same on every backend. Only the inner kernel differs: a
+compiled function that runs a whole chunk of optimizer steps per call
+(`jax.lax.scan` under `jax.jit` on JAX, a `tf.function` loop on TensorFlow),
+because at batch 32 the per-step overhead of `model.fit` costs more than the
+arithmetic. The kernel uses Keras's own model, loss and optimizer, so the math
+is Keras's: categorical cross-entropy on one-hot labels, Adam with Keras's
+defaults.
+
+The order of images in each epoch is drawn from `(seed, epoch)` alone, so a
+run resumed from its checkpoint continues exactly as if it had never stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+from fmnist.config import TrainConfig
+from fmnist.models import NUM_CLASSES, compile_predict
+
+CHUNK_STEPS = 250  # optimizer steps per compiled call: long enough to hide dispatch, short for the progress bar
+
+
+
+
+def fit(
+    config: TrainConfig,
+    model: keras.Model,
+    x_fit: np.ndarray,
+    y_fit: np.ndarray,
+    x_val: np.ndarray,
+    y_val: np.ndarray,
+    checkpoint: Path | None = None,
+) -> list[dict[str, float]]:
+    """Train `model` in place and return the history, one dict per epoch.
+
+    `x_*` are uint8 images (n, 28, 28), `y_*` uint8 labels (n,). If
+    `checkpoint` exists, training resumes from it; after every epoch the
+    checkpoint is rewritten atomically.
+    """
+    optimizer = keras.optimizers.Adam(learning_rate=config.learning_rate)
+    loss_fn = keras.losses.CategoricalCrossentropy()
+    optimizer.build(model.trainable_variables)
+    kernel = _make_kernel(model, optimizer, loss_fn)
+    history: list[dict[str, float]] = []
+    if checkpoint is not None and checkpoint.exists():
+        history = _restore(checkpoint, model, optimizer)
+        kernel.load()
+    predict = compile_predict(model)
+    y_val_onehot = np.eye(NUM_CLASSES, dtype=np.float32)[y_val]
+    steps_per_epoch = -(-len(x_fit) // config.batch_size)
+    on_terminal = sys.stderr.isatty()
+
+    for epoch in range(len(history), config.epochs):
+        started = time.perf_counter()
+        order = np.random.default_rng([config.seed, epoch]).permutation(len(x_fit))
+        bar = _progress(epoch, config.epochs, steps_per_epoch, on_terminal)
+        loss_sum, correct = 0.0, 0
+        for images, labels in _chunks(x_fit[order], y_fit[order], config.batch_size):
+            chunk_loss, chunk_correct = kernel.train(images, labels)
+            loss_sum, correct = loss_sum + chunk_loss, correct + chunk_correct
+            bar.update(len(images))
+        kernel.sync()
+        probabilities = predict(x_val)
+        row = {
+            "epoch": epoch + 1,
+            "loss": loss_sum / len(x_fit),
+            "accuracy": correct / len(x_fit),
+            "val_loss": float(loss_fn(y_val_onehot, probabilities)),
+            "val_accuracy": float(np.mean(probabilities.argmax(axis=1) == y_val)),
+            "seconds": time.perf_counter() - started,
+        }
+        history.append(row)
+        summary = (
+            f"loss {row['loss']:.4f}  accuracy {row['accuracy']:.4f}  "
+            f"val_loss {row['val_loss']:.4f}  val_accuracy {row['val_accuracy']:.4f}"
+        )
+        if on_terminal:
+            bar.set_postfix_str(summary, refresh=False)
+            bar.close()
+        else:
+            print(f"epoch {epoch + 1}/{config.epochs}  {summary}  {row['seconds']:.1f}s", flush=True)
+        if checkpoint is not None:
+            _save(checkpoint, model, optimizer, history)
+    return history
+
+
+def _chunks(images: np.ndarray, labels: np.ndarray, batch_size: int):
+    """Yield (images, labels) shaped (steps, batch, ...): full chunks, then the rest.
+
+    A last partial batch, as Keras's `fit` has, comes as its own chunk of one step.
+    At most three shapes occur, so the kernel compiles at most three times.
+    """
+    full = len(images) // batch_size * batch_size
+    chunk = CHUNK_STEPS * batch_size
+    for start in range(0, full, chunk):
+        stop = min(start + chunk, full)
+        yield (
+            images[start:stop].reshape(-1, batch_size, *images.shape[1:]),
+            labels[start:stop].reshape(-1, batch_size),
+        )
+    if full < len(images):
+        yield images[full:][None], labels[full:][None]
+
+
+def _progress(epoch: int, epochs: int, steps: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(
+        total=steps,
+        desc=f"epoch {epoch + 1}/{epochs}",
+        unit="step",
+        disable=not enabled,
+        leave=True,
+        file=sys.stderr,
+        dynamic_ncols=True,
+    )
+
+
+class _Kernel:
+    """A backend's compiled training steps over the model's own variables."""
+
+    train: Callable[[np.ndarray, np.ndarray], tuple[float, int]]
+
+    def sync(self) -> None:
+        """Write the kernel's state into the Keras variables."""
+
+    def load(self) -> None:
+        """Read the kernel's state from the Keras variables."""
+
+
+def _make_kernel(model: keras.Model, optimizer: Any, loss_fn: Any) -> _Kernel:
+    backend = keras.backend.backend()
+    if backend == "jax":
+        return _JaxKernel(model, optimizer, loss_fn)
+    if backend == "tensorflow":
+        return _TensorFlowKernel(model, optimizer, loss_fn)
+    raise ValueError(f"unsupported Keras backend {backend!r}; use jax or tensorflow")
+
+
+class _JaxKernel(_Kernel):
+    """Stateless Keras calls inside `jax.lax.scan`: one XLA program per chunk of steps."""
+
+    def __init__(self, model: keras.Model, optimizer: Any, loss_fn: Any) -> None:
+        import jax
+        import jax.numpy as jnp
+
+        self.model, self.optimizer = model, optimizer
+
+        def loss_of(trainable, non_trainable, images, labels):
+            probabilities, non_trainable = model.stateless_call(
+                trainable, non_trainable, images, training=True
+            )
+            loss = loss_fn(jax.nn.one_hot(labels, NUM_CLASSES), probabilities)
+            return loss, (probabilities, non_trainable)
+
+        gradient = jax.value_and_grad(loss_of, has_aux=True)
+
+        def step(state, batch):
+            trainable, non_trainable, optimizer_state = state
+            images, labels = batch  # (batch, 28, 28) uint8, (batch,) uint8
+            (loss, (probabilities, non_trainable)), grads = gradient(
+                trainable, non_trainable, images, labels
+            )
+            trainable, optimizer_state = optimizer.stateless_apply(optimizer_state, grads, trainable)
+            correct = jnp.sum(jnp.argmax(probabilities, axis=1) == labels)
+            return (trainable, non_trainable, optimizer_state), (loss * images.shape[0], correct)
+
+        def train_chunk(state, images, labels):
+            state, (losses, correct) = jax.lax.scan(step, state, (images, labels))
+            return state, jnp.sum(losses), jnp.sum(correct)
+
+        self._train_chunk = jax.jit(train_chunk)
+        self.load()
+
+    def train(self, images: np.ndarray, labels: np.ndarray) -> tuple[float, int]:
+        self.state, loss_sum, correct = self._train_chunk(self.state, images, labels)
+        return float(loss_sum), int(correct)
+
+    def load(self) -> None:
+        self.state = (
+            [v.value for v in self.model.trainable_variables],
+            [v.value for v in self.model.non_trainable_variables],
+            [v.value for v in self.optimizer.variables],
+        )
+
+    def sync(self) -> None:
+        trainable, non_trainable, optimizer_state = self.state
+        for variables, values in (
+            (self.model.trainable_variables, trainable),
+            (self.model.non_trainable_variables, non_trainable),
+            (self.optimizer.variables, optimizer_state),
+        ):
+            for variable, value in zip(variables, values):
+                variable.assign(value)
+
+
+class _TensorFlowKernel(_Kernel):
+    """A `tf.function` whose loop runs a chunk of steps in one graph call."""
+
+    def __init__(self, model: keras.Model, optimizer: Any, loss_fn: Any) -> None:
+        import tensorflow as tf
+
+        def train_chunk(images, labels):
+            loss_sum = tf.constant(0.0)
+            correct = tf.constant(0, tf.int64)
+            for index in tf.range(tf.shape(images)[0]):
+                batch_images, batch_labels = images[index], tf.cast(labels[index], tf.int64)
+                with tf.GradientTape() as tape:
+                    probabilities = model(batch_images, training=True)
+                    loss = loss_fn(tf.one_hot(batch_labels, NUM_CLASSES), probabilities)
+                grads = tape.gradient(loss, model.trainable_variables)
+                optimizer.apply_gradients(zip(grads, model.trainable_variables))
+                loss_sum += loss * tf.cast(tf.shape(batch_images)[0], tf.float32)
+                correct += tf.reduce_sum(
+                    tf.cast(tf.argmax(probabilities, axis=1) == batch_labels, tf.int64)
+                )
+            return loss_sum, correct
+
+        # XLA made TensorFlow's CPU training slower here, so the graph runs as is.
+        self._train_chunk = tf.function(train_chunk, jit_compile=False, reduce_retracing=True)
+
+    def train(self, images: np.ndarray, labels: np.ndarray) -> tuple[float, int]:
+        loss_sum, correct = self._train_chunk(images, labels)
+        return float(loss_sum), int(correct)
+
+
+def _save(path: Path, model: keras.Model, optimizer: Any, history: list[dict[str, float]]) -> None:
+    """Write weights, optimizer state and history to `path`, atomically."""
+    arrays = {f"model_{i}": np.asarray(v.value) for i, v in enumerate(model.weights)}
+    arrays |= {f"optimizer_{i}": np.asarray(v.value) for i, v in enumerate(optimizer.variables)}
+    arrays["history"] = np.frombuffer(json.dumps(history).encode(), np.uint8)
+    temporary = path.with_name(f".{path.name}.tmp")
+    with open(temporary, "wb") as file:
+        np.savez(file, **arrays)
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(temporary, path)
+
+
+def _restore(path: Path, model: keras.Model, optimizer: Any) -> list[dict[str, float]]:
+    with np.load(path) as arrays:
+        for i, variable in enumerate(model.weights):
+            variable.assign(arrays[f"model_{i}"])
+        for i, variable in enumerate(optimizer.variables):
+            variable.assign(arrays[f"optimizer_{i}"])
+        return json.loads(arrays["history"].tobytes())
