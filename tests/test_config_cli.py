@@ -1,0 +1,81 @@
+"""Settings: the seed's defaults, TOML layering, and one-line errors with exit status 2."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fmnist import ConfigError, cli, config
+
+
+def test_defaults_are_the_seed_scripts_hyperparameters() -> None:
+    settings = config.resolve()
+    assert (settings.model, settings.epochs, settings.batch_size) == ("mlp", 10, 32)
+    assert settings.learning_rate == 0.001  # Adam's Keras default
+    assert settings.validation_split == 0.2
+
+
+def test_layers_override_in_order(tmp_path: Path) -> None:
+    user = tmp_path / "mine.toml"
+    user.write_text("epochs = 3\nbatch_size = 64\n")
+    settings = config.resolve(user, batch_size=128, seed=None)
+    assert settings.epochs == 3  # from the user's file
+    assert settings.batch_size == 128  # the command line wins
+    assert settings.seed == config.TrainConfig.seed  # None means "not given"
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("epochs = -1\n", "epochs must be at least 1"),
+        ("epochs = 'ten'\n", "epochs must be an integer"),
+        ("validation_split = 1.5\n", "validation_split must be a fraction"),
+        ("learning_rate = 0\n", "learning_rate must be a number"),
+        ("optimiser = 'sgd'\n", "unknown setting(s) optimiser"),
+        ("epochs = \n", "is not valid TOML"),
+        ("model = 'resnet9000'\n", "unknown model 'resnet9000'"),
+    ],
+)
+def test_bad_settings_are_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture, text: str, expected: str
+) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    assert cli.main(["train", "--config", str(path)]) == 2
+    error = capsys.readouterr().err
+    assert expected in error
+    assert error.count("\n") == 1 and "Traceback" not in error
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["train", "--epochs", "-3"], "expected a positive integer"),
+        (["train", "--model", "nope"], "unknown model 'nope'; known models: mlp"),
+        (["train", "--backend", "torch"], "unsupported backend 'torch'"),
+        (["train", "--config", "/no/such/file.toml"], "config file not found"),
+        (["train", "--no-such-flag"], "unrecognized arguments"),
+        (["frobnicate"], "invalid choice"),
+    ],
+)
+def test_bad_command_lines_are_one_line_and_exit_2(
+    capsys: pytest.CaptureFixture, argv: list[str], expected: str
+) -> None:
+    assert cli.main(argv) == 2
+    error = capsys.readouterr().err
+    assert expected in error
+    assert error.count("\n") == 1 and "Traceback" not in error
+
+
+def test_an_unreadable_config_file(tmp_path: Path) -> None:
+    directory = tmp_path / "a-directory.toml"
+    directory.mkdir()
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        config.resolve(directory)
+
+
+def test_the_packaged_recipe_matches_the_defaults() -> None:
+    recipe = config.model_recipe("mlp")
+    defaults = config.TrainConfig()
+    assert {key: getattr(defaults, key) for key in recipe} == recipe

@@ -1,0 +1,74 @@
+"""Every registered model: builds, forward pass contract, one step learns, save/load round trip."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from fmnist import ConfigError, config, models, train
+
+RNG = np.random.default_rng(0)
+
+
+@pytest.fixture(params=sorted(models.MODELS))
+def spec(request: pytest.FixtureRequest) -> models.ModelSpec:
+    return models.MODELS[request.param]
+
+
+def test_mlp_is_exactly_the_seed_architecture() -> None:
+    model = models.build_mlp()
+    dense = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
+    assert [layer.units for layer in dense] == [128, 64, 10]
+    assert [layer.activation.__name__ for layer in dense] == ["relu", "relu", "softmax"]
+    assert models.count_parameters(model) == 784 * 128 + 128 + 128 * 64 + 64 + 64 * 10 + 10
+    # Scaling to [0, 1] happens inside the model, so it takes raw uint8 pixels.
+    image = RNG.integers(0, 256, (1, 28, 28), dtype=np.uint8)
+    scaled = keras.Sequential(model.layers[:2])(image)
+    np.testing.assert_allclose(np.asarray(scaled), image.reshape(1, -1) / 255.0, rtol=1e-6)
+
+
+def test_forward_on_random_uint8_gives_probabilities(spec: models.ModelSpec) -> None:
+    model = spec.build()
+    images = RNG.integers(0, 256, (7, 28, 28), dtype=np.uint8)
+    probabilities = models.compile_predict(model, batch_size=4)(images)  # a padded last batch
+    assert probabilities.shape == (7, 10)
+    assert np.isfinite(probabilities).all()
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(probabilities, np.asarray(model(images)), atol=1e-6)
+    assert models.compile_predict(model)(images[:0]).shape == (0, 10)
+
+
+def test_one_training_step_lowers_the_loss(spec: models.ModelSpec) -> None:
+    keras.utils.set_random_seed(1)
+    model = spec.build()
+    images = RNG.integers(0, 256, (32, 28, 28), dtype=np.uint8)
+    labels = RNG.integers(0, 10, 32).astype(np.uint8)
+    settings = config.TrainConfig(model=spec.name, epochs=1, batch_size=32)
+    history = train.fit(settings, model, images, labels, images, labels)
+    before = history[0]["loss"]  # the training loss is measured during the step, before the update
+    assert history[0]["val_loss"] < before
+
+
+def test_save_and_load_give_identical_predictions(spec: models.ModelSpec, tmp_path: Path) -> None:
+    model = spec.build()
+    path = tmp_path / "model.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True)
+    images = RNG.integers(0, 256, (16, 28, 28), dtype=np.uint8)
+    np.testing.assert_array_equal(models.compile_predict(model)(images), models.compile_predict(loaded)(images))
+
+
+def test_unknown_model_names_are_a_clear_error() -> None:
+    with pytest.raises(ConfigError, match="unknown model 'vgg'; known models: mlp"):
+        models.get("vgg")
+
+
+def test_chunks_cover_every_image_once_including_a_partial_batch() -> None:
+    images = np.arange(70 * 2 * 2).reshape(70, 2, 2)
+    labels = np.arange(70)
+    seen = [chunk_labels for _, chunk_labels in train._chunks(images, labels, batch_size=32)]
+    assert [chunk.shape for chunk in seen] == [(2, 32), (1, 6)]
+    np.testing.assert_array_equal(np.concatenate([c.ravel() for c in seen]), labels)
