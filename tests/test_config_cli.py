@@ -79,3 +79,17 @@ def test_the_packaged_recipe_matches_the_defaults() -> None:
     recipe = config.model_recipe("mlp")
     defaults = config.TrainConfig()
     assert {key: getattr(defaults, key) for key in recipe} == recipe
+
+
+def test_the_seed_command_is_fmnist_train() -> None:
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "fashion_mnist_classifier.py"), "--help"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 0
+    assert "train" in result.stdout and "evaluate" in result.stdout

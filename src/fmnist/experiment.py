@@ -8,17 +8,15 @@ this module is imported, because it imports Keras.
 
 from __future__ import annotations
 
-import platform
 import subprocess
 import time
-from importlib import metadata as package_metadata
 from pathlib import Path
 from typing import Any
 
 import keras
 import numpy as np
 
-from fmnist import FmnistError, __version__, data, evaluate, models, plots, report, runs, train
+from fmnist import FmnistError, data, environment, evaluate, models, plots, report, runs, train
 from fmnist.config import TrainConfig, from_dict
 
 PREDICTION_GRID_IMAGES = 15  # the first test images, shown in predictions.png
@@ -161,8 +159,8 @@ def _new_metadata(config: TrainConfig) -> dict[str, Any]:
         "config": config.to_dict(),
         "seed": config.seed,
         "backend": keras.backend.backend(),
-        "versions": _versions(),
-        "machine": {"cpu": _cpu_name(), "platform": platform.platform()},
+        "versions": environment.versions(),
+        "machine": environment.machine(),
         "git_commit": _git_commit(),
         "class_names": list(data.CLASS_NAMES),
         "input": {
@@ -174,26 +172,6 @@ def _new_metadata(config: TrainConfig) -> dict[str, Any]:
         },
         "output": "probabilities of the classes in class_names order",
     }
-
-
-def _versions() -> dict[str, str]:
-    versions = {"fmnist": __version__, "python": platform.python_version()}
-    for name in ("keras", "numpy", "jax", "jaxlib", "tensorflow", "tensorflow-cpu"):
-        try:
-            versions[name] = package_metadata.version(name)
-        except package_metadata.PackageNotFoundError:
-            pass
-    return versions
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _git_commit() -> str | None:
