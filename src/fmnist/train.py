@@ -86,7 +86,11 @@ def fit(
             f"val_loss {row['val_loss']:.4f}  val_accuracy {row['val_accuracy']:.4f}"
         )
         if on_terminal:
-            bar.set_postfix_str(summary, refresh=False)
+            bar.set_postfix_str(
+                f"loss {row['loss']:.3f} acc {row['accuracy']:.3f} "
+                f"val_loss {row['val_loss']:.3f} val_acc {row['val_accuracy']:.3f}",
+                refresh=False,
+            )
             bar.close()
         else:
             print(f"epoch {epoch + 1}/{config.epochs}  {summary}  {row['seconds']:.1f}s", flush=True)
