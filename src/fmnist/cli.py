@@ -60,6 +60,15 @@ def _parser() -> argparse.ArgumentParser:
     data.add_argument("--data-dir", type=Path)
     data.add_argument("--fetch", action="store_true", help="download the dataset into the cache")
 
+    predict = commands.add_parser("predict", help="classify your own images with a trained run")
+    predict.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    predict.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="files, directories or globs")
+    predict.add_argument("--top-k", type=_positive_int, default=3)
+    predict.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    predict.add_argument("--explain", type=Path, metavar="DIR",
+                         help="also write, per image, a PNG of what the model sees beside the image")
+    predict.add_argument("--backend", help="Keras backend: jax or tensorflow (default: jax, fastest for inference)")
+
     commands.add_parser("models", help="list the registered models")
 
     bench = commands.add_parser("bench", help="benchmarks")
@@ -104,13 +113,35 @@ def _evaluate(args: argparse.Namespace) -> int:
     from fmnist import models, runs
 
     metadata = runs.read_metadata(args.run_dir)
-    models.select_backend(metadata["model"], args.backend)
+    models.select_backend(metadata["model"], args.backend, training=False)
     from fmnist import experiment
 
     test = experiment.evaluate_run(args.run_dir, data_dir=args.data_dir)
     print(f"test accuracy {test['accuracy']:.4f} on {test['images']} images; "
           f"rewrote metrics, plots and report in {args.run_dir}")
     return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from fmnist import models, runs
+
+    metadata = runs.read_metadata(args.run_dir)
+    models.select_backend(metadata["model"], args.backend, training=False)
+    from tqdm import tqdm
+
+    from fmnist import predict
+
+    files, missing = predict.expand_inputs(args.inputs)
+    predictor = predict.Predictor.from_run(args.run_dir)
+    with tqdm(total=len(files), unit="image", disable=len(files) < 50 or None, file=sys.stderr) as bar:
+        results = predictor.predict_files(files, top_k=args.top_k, progress=bar.update) + missing
+    print(predict.format_results(results, args.format))
+    if args.explain is not None:
+        for result in results:
+            if result.prediction is not None:
+                predict.explain(result, args.explain)
+        print(f"wrote what the model sees to {args.explain}", file=sys.stderr)
+    return 1 if any(result.error for result in results) else 0
 
 
 def _data(args: argparse.Namespace) -> int:
@@ -142,7 +173,9 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": _train, "evaluate": _evaluate, "data": _data, "models": _models, "bench": _bench}
+COMMANDS = {
+    "train": _train, "evaluate": _evaluate, "predict": _predict, "data": _data, "models": _models, "bench": _bench,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -98,6 +98,26 @@ def prediction_grid(
     return figure
 
 
+def what_the_model_sees(
+    original: np.ndarray, seen: np.ndarray, top_k: Sequence[dict], title: str = ""
+) -> Figure:
+    """The user's image beside the 28x28 image the model was given, and its top classes."""
+    figure = _figure(9, 3.2)
+    left, middle, right = figure.subplots(1, 3, width_ratios=[1, 1, 1.3])
+    left.imshow(original, cmap=None if original.ndim == 3 else "gray")
+    left.set_title(title or "your image", fontsize=9)
+    middle.imshow(seen, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+    middle.set_title("what the model sees (28x28)", fontsize=9)
+    for axes in (left, middle):
+        axes.set_axis_off()
+    labels = [entry["label"] for entry in top_k][::-1]
+    right.barh(labels, [entry["probability"] for entry in top_k][::-1], color="tab:blue")
+    right.set_xlim(0, 1)
+    right.set_title("probability", fontsize=9)
+    right.tick_params(labelsize=8)
+    return figure
+
+
 def save(figure: Figure, path: Path) -> None:
     figure.savefig(path, dpi=100)
 

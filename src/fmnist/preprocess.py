@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import BinaryIO, Union
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
@@ -41,7 +41,7 @@ FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF")  # what Pillow may decod
 WORKING_SIZE = 256  # large images are reduced to about this longest side before the pipeline
 TRIM_THRESHOLD = 0.05 * 255  # Zalando's trim: within 5% of the intensity range counts as background
 
-ImageSource = Union[str, Path, bytes, BinaryIO, Image.Image, np.ndarray]
+ImageSource = str | Path | bytes | BinaryIO | Image.Image | np.ndarray
 
 
 class ImageError(FmnistError):
