@@ -117,3 +117,162 @@ def speed(repeats: int = 3, json_path: Path | None = None) -> dict[str, object]:
     if json_path is not None:
         json_path.write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def photos(
+    run_dirs: list[Path],
+    count: int = 1000,
+    speed_count: int = 1000,
+    seed: int = 0,
+    markdown: Path | None = Path("docs/PHOTOS.md"),
+) -> dict[str, object]:
+    """Accuracy on realistic photos of test images vs. on the 28x28 originals, and photos per second.
+
+    The photos are made by `fmnist.photos` from the first `count` test images.
+    Each photo goes through the same path as `fmnist predict` (files on disk,
+    `Predictor.predict_files`). The naive baseline converts to grayscale and
+    resizes to 28x28, nothing else. Speed: `speed_count` 800x600 JPEG photos
+    in one directory, preprocessing plus prediction, median of 3 passes.
+    """
+    import io
+    import warnings
+
+    import numpy as np
+    from PIL import Image
+
+    from fmnist import photos as photo_maker
+    from fmnist.predict import Predictor
+
+    dataset = data.load()
+    images, labels = dataset.x_test[:count], dataset.y_test[:count]
+    rng = np.random.default_rng(seed)
+    with tempfile.TemporaryDirectory(prefix="fmnist-photos-") as scratch:
+        root = Path(scratch)
+        made = [photo_maker.make_photo(image, rng) for image in images]
+        paths = []
+        for index, photo in enumerate(made):
+            path = root / "mixed" / f"{index:05d}.{photo_maker.EXTENSIONS[photo.format]}"
+            path.parent.mkdir(exist_ok=True)
+            path.write_bytes(photo.data)
+            paths.append(path)
+        speed_paths = []
+        for index in range(speed_count):
+            photo = photo_maker.make_photo(
+                dataset.x_test[index % len(dataset.x_test)], rng, canvas=(800, 600), encoding=("JPEG", "RGB")
+            )
+            path = root / "jpeg-800x600" / f"{index:05d}.jpg"
+            path.parent.mkdir(exist_ok=True)
+            path.write_bytes(photo.data)
+            speed_paths.append(path)
+
+        def naive(photo: photo_maker.Photo) -> np.ndarray:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return np.asarray(Image.open(io.BytesIO(photo.data)).convert("L").resize((28, 28)))
+
+        naive_images = np.stack([naive(photo) for photo in made])
+        backgrounds = np.array([photo.background for photo in made])
+        rows = []
+        for run_dir in run_dirs:
+            predictor = Predictor.from_run(run_dir)
+            original = predictor.probabilities(images).argmax(axis=1) == labels
+            results = predictor.predict_files(paths, top_k=1)
+            on_photos = np.array(
+                [r.prediction is not None and r.prediction.index == y for r, y in zip(results, labels)]
+            )
+            on_naive = predictor.probabilities(naive_images).argmax(axis=1) == labels
+            timings = []
+            for _ in range(3):
+                started = time.perf_counter()
+                predictor.predict_files(speed_paths, top_k=3)
+                timings.append(time.perf_counter() - started)
+            row = {
+                "run": str(run_dir),
+                "model": predictor.metadata["model"],
+                "accuracy_28x28": float(original.mean()),
+                "accuracy_photos": float(on_photos.mean()),
+                "accuracy_naive": float(on_naive.mean()),
+                "gap_points": float(100 * (original.mean() - on_photos.mean())),
+                "errors": sum(r.error is not None for r in results),
+                "by_background": {
+                    kind: {
+                        "photos": int((backgrounds == kind).sum()),
+                        "accuracy_28x28": float(original[backgrounds == kind].mean()),
+                        "accuracy_photos": float(on_photos[backgrounds == kind].mean()),
+                    }
+                    for kind in ("light", "dark", "transparent")
+                },
+                "photos_per_second": speed_count / statistics.median(timings),
+            }
+            rows.append(row)
+            print(
+                f"{row['model']:8s} 28x28 {row['accuracy_28x28']:.2%}  photos {row['accuracy_photos']:.2%} "
+                f"(gap {row['gap_points']:.2f} points)  naive {row['accuracy_naive']:.2%}  "
+                f"{row['photos_per_second']:.0f} photos/s (800x600 JPEG)",
+                flush=True,
+            )
+    formats: dict[str, int] = {}
+    for photo in made:
+        formats[f"{photo.format} {photo.mode}"] = formats.get(f"{photo.format} {photo.mode}", 0) + 1
+    summary = {
+        "machine": environment.machine(),
+        "versions": environment.versions(),
+        "command": "fmnist bench photos " + " ".join(str(r) for r in run_dirs)
+        + f" --count {count} --speed-count {speed_count} --seed {seed}",
+        "photos": count,
+        "formats": formats,
+        "exif_rotated": sum(photo.orientation != 1 for photo in made),
+        "results": rows,
+    }
+    if markdown is not None:
+        markdown.parent.mkdir(parents=True, exist_ok=True)
+        markdown.with_suffix(".json").write_text(json.dumps(summary, indent=2) + "\n")
+        markdown.write_text(_photos_markdown(summary))
+        print(f"wrote {markdown} and {markdown.with_suffix('.json')}")
+    return summary
+
+
+def _photos_markdown(summary: dict) -> str:
+    machine = summary["machine"]
+    lines = [
+        "# Prediction on realistic photos",
+        "",
+        "Produced by `fmnist bench photos`; do not edit by hand. Command:",
+        "",
+        f"    {summary['command']}",
+        "",
+        f"{summary['photos']} photos made from the first {summary['photos']} test images by `fmnist.photos` "
+        "(the dataset recipe run backwards: enlarged to 100-1000 px, off-centre on non-square canvases, "
+        "light, dark and transparent backgrounds, luminance-keeping colour tints, noise, JPEG/WebP "
+        f"compression, {summary['exif_rotated']} EXIF-rotated JPEGs, every supported format and mode). "
+        "Each photo is read from disk and classified through the same path as `fmnist predict`. "
+        "The naive baseline converts to grayscale and resizes to 28x28.",
+        "",
+        "| model | run | 28x28 test images | photos of them | gap (points) | naive resize | unreadable | "
+        "800x600 JPEG photos/s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in summary["results"]:
+        lines.append(
+            f"| {row['model']} | `{Path(row['run']).name}` | {row['accuracy_28x28']:.2%} | "
+            f"{row['accuracy_photos']:.2%} | {row['gap_points']:.2f} | {row['accuracy_naive']:.2%} | "
+            f"{row['errors']} | {row['photos_per_second']:.0f} |"
+        )
+    lines += ["", "By background:", "", "| model | background | photos | 28x28 | photos |"]
+    lines += ["| --- | --- | --- | --- | --- |"]
+    for row in summary["results"]:
+        for kind, part in row["by_background"].items():
+            lines.append(
+                f"| {row['model']} | {kind} | {part['photos']} | {part['accuracy_28x28']:.2%} | "
+                f"{part['accuracy_photos']:.2%} |"
+            )
+    lines += [
+        "",
+        "Formats and modes of the photos: "
+        + ", ".join(f"{name} ({n})" for name, n in sorted(summary["formats"].items())) + ".",
+        "",
+        f"Machine: {machine['cpu']}, {machine['cores']} cores, {machine['platform']}. "
+        "Speed: preprocessing plus prediction of one directory, median of 3 passes.",
+        "",
+    ]
+    return "\n".join(lines)

@@ -76,6 +76,12 @@ def _parser() -> argparse.ArgumentParser:
     speed = benches.add_parser("speed", help="fmnist train vs. the seed script, whole processes")
     speed.add_argument("--repeats", type=_positive_int, default=3)
     speed.add_argument("--json", type=Path, help="also write the results to this file")
+    photo_bench = benches.add_parser("photos", help="accuracy on realistic photos vs. 28x28 images, and speed")
+    photo_bench.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR")
+    photo_bench.add_argument("--count", type=_positive_int, default=1000, help="photos to make (from test images)")
+    photo_bench.add_argument("--speed-count", type=_positive_int, default=1000, help="800x600 JPEGs for the speed test")
+    photo_bench.add_argument("--seed", type=int, default=0)
+    photo_bench.add_argument("--markdown", type=Path, default=Path("docs/PHOTOS.md"))
     return parser
 
 
@@ -167,9 +173,18 @@ def _models(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    if args.bench == "speed":
+        from fmnist import bench
+
+        bench.speed(repeats=args.repeats, json_path=args.json)
+        return 0
+    from fmnist import models, runs
+
+    names = {runs.read_metadata(run_dir)["model"] for run_dir in args.run_dirs}
+    models.select_backend(sorted(names)[0], None, training=False)
     from fmnist import bench
 
-    bench.speed(repeats=args.repeats, json_path=args.json)
+    bench.photos(args.run_dirs, count=args.count, speed_count=args.speed_count, seed=args.seed, markdown=args.markdown)
     return 0
 
 

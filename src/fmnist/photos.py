@@ -40,11 +40,22 @@ class Photo:
     height: int
 
 
-def make_photo(image: np.ndarray, rng: np.random.Generator) -> Photo:
-    """One realistic photo of the 28x28 dataset `image` (light garment on black)."""
+EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "BMP": "bmp", "GIF": "gif", "TIFF": "tif"}
+
+
+def make_photo(
+    image: np.ndarray,
+    rng: np.random.Generator,
+    canvas: tuple[int, int] | None = None,
+    encoding: tuple[str, str] | None = None,
+) -> Photo:
+    """One realistic photo of the 28x28 dataset `image` (light garment on black).
+
+    `canvas` (width, height) and `encoding` (format, mode) fix what is otherwise drawn at random.
+    """
     names = [(f, m) for f, m, _ in ENCODINGS]
     weights = np.array([w for _, _, w in ENCODINGS], float)
-    file_format, mode = names[rng.choice(len(names), p=weights / weights.sum())]
+    file_format, mode = encoding or names[rng.choice(len(names), p=weights / weights.sum())]
     background = rng.choice(["light", "dark", "transparent"], p=[0.6, 0.25, 0.15])
     if background == "transparent" and mode not in ("RGBA", "LA", "P"):
         mode = "RGBA" if file_format in ("PNG", "WEBP") else mode
@@ -57,6 +68,9 @@ def make_photo(image: np.ndarray, rng: np.random.Generator) -> Photo:
     canvas_w, canvas_h = (canvas_long, int(canvas_long * aspect))
     if rng.random() < 0.5:
         canvas_w, canvas_h = canvas_h, canvas_w
+    if canvas is not None:
+        canvas_w, canvas_h = canvas
+        garment_long = int(max(canvas) * rng.uniform(0.6, 0.9))
     scale = min(garment_long / 28, min(canvas_w, canvas_h) / 28 * 0.95)
     size = max(28, int(round(28 * scale)))
     garment = np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BICUBIC), np.float32)
