@@ -38,6 +38,19 @@ def real_data_dir() -> Path:
     return found[1]
 
 
+SMALL = ["--train-images", "6000", "--test-images", "1000"]  # 4800 to fit, 1200 to validate
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory: pytest.TempPathFactory, real_data_dir: Path) -> Path:
+    """A reference-model run, 3 epochs on a subset of the real data (a few seconds)."""
+    from fmnist import cli
+
+    out = tmp_path_factory.mktemp("runs") / "a"
+    assert cli.main(["train", "--out", str(out), "--epochs", "3", *SMALL]) == 0
+    return out
+
+
 def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300):
     """Run `python -m fmnist ARGS` as a separate process and return the completed process."""
     import subprocess

@@ -15,10 +15,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import run_cli
+from conftest import SMALL, run_cli
 from fmnist import cli, runs
 
-SMALL = ["--train-images", "6000", "--test-images", "1000"]  # 4800 to fit, 1200 to validate
 
 PROBABILITIES = """
 import sys, numpy as np
@@ -39,11 +38,9 @@ def probabilities_on(backend: str, run_dir: Path, out: Path) -> np.ndarray:
     return np.load(out)
 
 
-@pytest.fixture(scope="module")
-def run_a(tmp_path_factory: pytest.TempPathFactory, real_data_dir: Path) -> Path:
-    out = tmp_path_factory.mktemp("runs") / "a"
-    assert cli.main(["train", "--out", str(out), "--epochs", "3", *SMALL]) == 0
-    return out
+@pytest.fixture
+def run_a(trained_run: Path) -> Path:
+    return trained_run
 
 
 def test_the_run_folder_is_complete(run_a: Path) -> None:

@@ -74,11 +74,13 @@ def open_image(source: str | Path | bytes | BinaryIO, name: str | None = None) -
         raise ImageError(f"{label}: the file is empty")
     try:
         image = Image.open(io.BytesIO(data), formats=FORMATS)
+    except Image.DecompressionBombError:
+        raise ImageError(f"{label}: more pixels than the {MAX_PIXELS} pixel limit") from None
     except UnidentifiedImageError:
         raise ImageError(
             f"{label}: not an image in a supported format ({', '.join(FORMATS)})"
         ) from None
-    except (OSError, ValueError, Image.DecompressionBombError) as error:
+    except (OSError, ValueError, SyntaxError) as error:
         raise ImageError(f"{label}: cannot decode ({error})") from None
     width, height = image.size
     if width * height > MAX_PIXELS:
@@ -171,10 +173,10 @@ SHARPEN = 0.5
 
 
 def _gaussian_blur(values: np.ndarray) -> np.ndarray:
-    """Gaussian blur with sigma 1 pixel (a 5-tap separable kernel), edges padded by zeros."""
+    """Gaussian blur with sigma 1 pixel (a 5-tap separable kernel), edges padded by repetition."""
     kernel = np.exp(-0.5 * np.arange(-2, 3) ** 2)
     kernel /= kernel.sum()
-    padded = np.pad(values, 2)
+    padded = np.pad(values, 2, mode="edge")
     rows = sum(k * padded[:, i : i + values.shape[1]] for i, k in enumerate(kernel))
     return sum(k * rows[i : i + values.shape[0]] for i, k in enumerate(kernel))
 
@@ -197,10 +199,11 @@ def _normalise(gray: np.ndarray, label: str) -> np.ndarray:
     signal = np.clip(gray - background, 0, None)
 
     # Trim to what differs from the background by more than 5% of the range or
-    # than the border's own noise, judged on a blurred copy so that isolated
-    # noise pixels and compression artefacts do not widen the box.
+    # than the border's own noise, in the pixel itself and on average around it,
+    # so that isolated noise pixels and compression artefacts do not widen the box.
     noise = 3.0 * float(np.median(np.abs(border - background)))
-    foreground = _box_blur(signal) > max(TRIM_THRESHOLD, noise)
+    threshold = max(TRIM_THRESHOLD, noise)
+    foreground = (signal > threshold) & (_box_blur(signal) > threshold)
     rows = np.flatnonzero(foreground.any(axis=1))
     columns = np.flatnonzero(foreground.any(axis=0))
     if rows.size == 0:
