@@ -18,7 +18,6 @@ from PIL import Image
 from conftest import SMALL, run_cli
 from fmnist import cli, runs
 
-
 PROBABILITIES = """
 import sys, numpy as np
 from pathlib import Path
