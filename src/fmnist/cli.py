@@ -69,6 +69,14 @@ def _parser() -> argparse.ArgumentParser:
                          help="also write, per image, a PNG of what the model sees beside the image")
     predict.add_argument("--backend", help="Keras backend: jax or tensorflow (default: jax, fastest for inference)")
 
+    serve = commands.add_parser("serve", help="serve a run: the web page and the REST API")
+    serve.add_argument("run_dir", type=Path, nargs="?", metavar="RUN_DIR",
+                       help="the run to serve (default: the newest finished run under runs/)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=_positive_int, default=1, help="server processes")
+    serve.add_argument("--backend", help="Keras backend: jax or tensorflow (default: jax, fastest for inference)")
+
     commands.add_parser("models", help="list the registered models")
 
     bench = commands.add_parser("bench", help="benchmarks")
@@ -150,6 +158,25 @@ def _predict(args: argparse.Namespace) -> int:
     return 1 if any(result.error for result in results) else 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from fmnist import models, runs
+
+    run_dir = args.run_dir or runs.newest(Path("runs"))
+    metadata = runs.read_metadata(run_dir)
+    models.select_backend(metadata["model"], args.backend, training=False)
+    try:
+        import uvicorn
+    except ModuleNotFoundError:
+        raise FmnistError("serving needs the serve extra: pip install 'fmnist[serve]'") from None
+    os.environ["FMNIST_SERVE_RUN"] = str(run_dir.resolve())
+    print(f"serving {run_dir} on http://{args.host}:{args.port}/  (API docs: /docs)", flush=True)
+    uvicorn.run(
+        "fmnist.serve.app:app_from_environment", factory=True, host=args.host, port=args.port,
+        workers=args.workers, log_level="warning", timeout_keep_alive=30,
+    )
+    return 0
+
+
 def _data(args: argparse.Namespace) -> int:
     from fmnist import data
 
@@ -189,7 +216,8 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {
-    "train": _train, "evaluate": _evaluate, "predict": _predict, "data": _data, "models": _models, "bench": _bench,
+    "train": _train, "evaluate": _evaluate, "predict": _predict, "serve": _serve, "data": _data,
+    "models": _models, "bench": _bench,
 }
 
 

@@ -81,9 +81,10 @@ def get(name: str) -> ModelSpec:
 def compile_predict(model: keras.Model, batch_size: int = 1000) -> Callable[[np.ndarray], np.ndarray]:
     """A compiled inference function: uint8 images (n, 28, 28) -> float32 probabilities (n, 10).
 
-    It calls the model directly as one compiled function per fixed-size batch
-    (the last batch is padded), avoiding `model.predict`'s per-call overhead
-    and recompilation for every new input size.
+    It calls the model directly as one compiled function per batch, padded to
+    a power of two up to `batch_size`, avoiding `model.predict`'s per-call
+    overhead and a recompilation for every new input size. `predict.warm()`
+    compiles every batch shape ahead of time.
     """
     import keras
 
@@ -111,19 +112,29 @@ def compile_predict(model: keras.Model, batch_size: int = 1000) -> Callable[[np.
     else:
         raise FmnistError(f"unsupported Keras backend {backend!r}; use jax or tensorflow")
 
+    buckets = [1 << i for i in range(batch_size.bit_length()) if 1 << i < batch_size] + [batch_size]
+
     def predict(images: np.ndarray) -> np.ndarray:
         images = np.asarray(images, dtype=np.uint8)
         outputs = []
         for start in range(0, len(images), batch_size):
             batch = images[start : start + batch_size]
-            padding = batch_size - len(batch)
-            if padding:
-                batch = np.concatenate([batch, np.zeros((padding,) + batch.shape[1:], np.uint8)])
-            outputs.append(call(batch)[: batch_size - padding])
+            # Pad to the next bucket size: few shapes, so few compilations, and a
+            # single image does not pay for a full batch.
+            size = next(b for b in buckets if b >= len(batch))
+            if size > len(batch):
+                batch = np.concatenate([batch, np.zeros((size - len(batch),) + batch.shape[1:], np.uint8)])
+            outputs.append(call(batch)[: min(batch_size, len(images) - start)])
         if not outputs:
             return np.zeros((0, NUM_CLASSES), np.float32)
         return np.concatenate(outputs).astype(np.float32, copy=False)
 
+    def warm() -> None:
+        """Compile every batch shape now, so that no request waits for a compilation."""
+        for size in buckets:
+            call(np.zeros((size, 28, 28), np.uint8))
+
+    predict.warm = warm  # type: ignore[attr-defined]
     return predict
 
 

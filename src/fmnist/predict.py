@@ -61,6 +61,10 @@ class Predictor:
         metadata = runs.read_metadata(run_dir)
         return cls(runs.load_model(run_dir), metadata["class_names"], metadata)
 
+    def warm(self) -> None:
+        """Compile the model for every batch shape now, so that no request waits for it."""
+        self._probabilities.warm()  # type: ignore[attr-defined]
+
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         """Dataset-format images, uint8 (n, 28, 28) -> probabilities (n, classes)."""
         images = np.asarray(images)

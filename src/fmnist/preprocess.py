@@ -45,7 +45,16 @@ ImageSource = str | Path | bytes | BinaryIO | Image.Image | np.ndarray
 
 
 class ImageError(FmnistError):
-    """An image that cannot be read or used: not an image, truncated, too large, a refused format."""
+    """An image that cannot be read or used; `kind` says why, for callers that map it to a status.
+
+    kinds: "too_large" (bytes or pixels over the limits), "unsupported" (not an
+    image, or a refused format), "unreadable" (empty, truncated or corrupt),
+    "unusable" (decoded, but no garment in it, or an array of the wrong shape or values).
+    """
+
+    def __init__(self, message: str, kind: str = "unreadable") -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 def open_image(source: str | Path | bytes | BinaryIO, name: str | None = None) -> Image.Image:
@@ -60,7 +69,7 @@ def open_image(source: str | Path | bytes | BinaryIO, name: str | None = None) -
         try:
             size = Path(source).stat().st_size
             if size > MAX_BYTES:
-                raise ImageError(f"{label}: {size} bytes is larger than the {MAX_BYTES} byte limit")
+                raise ImageError(f"{label}: {size} bytes is larger than the {MAX_BYTES} byte limit", "too_large")
             data = Path(source).read_bytes()
         except OSError as error:
             raise ImageError(f"{label}: cannot read ({error.strerror or error})") from None
@@ -69,26 +78,27 @@ def open_image(source: str | Path | bytes | BinaryIO, name: str | None = None) -
     else:
         data = source.read(MAX_BYTES + 1)
     if len(data) > MAX_BYTES:
-        raise ImageError(f"{label}: larger than the {MAX_BYTES} byte limit")
+        raise ImageError(f"{label}: larger than the {MAX_BYTES} byte limit", "too_large")
     if not data:
         raise ImageError(f"{label}: the file is empty")
     try:
         image = Image.open(io.BytesIO(data), formats=FORMATS)
     except Image.DecompressionBombError:
-        raise ImageError(f"{label}: more pixels than the {MAX_PIXELS} pixel limit") from None
+        raise ImageError(f"{label}: more pixels than the {MAX_PIXELS} pixel limit", "too_large") from None
     except UnidentifiedImageError:
         raise ImageError(
-            f"{label}: not an image in a supported format ({', '.join(FORMATS)})"
+            f"{label}: not an image in a supported format ({', '.join(FORMATS)})", "unsupported"
         ) from None
     except (OSError, ValueError, SyntaxError) as error:
         raise ImageError(f"{label}: cannot decode ({error})") from None
     width, height = image.size
     if width * height > MAX_PIXELS:
         raise ImageError(
-            f"{label}: {width}x{height} is {width * height} pixels, more than the {MAX_PIXELS} pixel limit"
+            f"{label}: {width}x{height} is {width * height} pixels, more than the {MAX_PIXELS} pixel limit",
+            "too_large",
         )
     if width < 1 or height < 1:
-        raise ImageError(f"{label}: the image has no pixels")
+        raise ImageError(f"{label}: the image has no pixels", "unusable")
     try:
         image.seek(0)  # the first frame of an animation
         if image.format == "JPEG" and max(width, height) > 2 * WORKING_SIZE:
@@ -152,11 +162,13 @@ def _from_array(array: np.ndarray, name: str | None) -> Image.Image:
     label = name or "array"
     if array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (3, 4)):
         if array.size == 0:
-            raise ImageError(f"{label}: the array has no pixels")
+            raise ImageError(f"{label}: the array has no pixels", "unusable")
         if not np.isfinite(array).all() or array.min() < 0 or array.max() > 255:
-            raise ImageError(f"{label}: pixel values must be finite and within 0-255")
+            raise ImageError(f"{label}: pixel values must be finite and within 0-255", "unusable")
         return Image.fromarray(np.asarray(array, dtype=np.uint8))
-    raise ImageError(f"{label}: expected an array of shape (h, w), (h, w, 3) or (h, w, 4); received {array.shape}")
+    raise ImageError(
+        f"{label}: expected an array of shape (h, w), (h, w, 3) or (h, w, 4); received {array.shape}", "unusable"
+    )
 
 
 def _border(gray: np.ndarray) -> np.ndarray:
@@ -207,7 +219,7 @@ def _normalise(gray: np.ndarray, label: str) -> np.ndarray:
     rows = np.flatnonzero(foreground.any(axis=1))
     columns = np.flatnonzero(foreground.any(axis=0))
     if rows.size == 0:
-        raise ImageError(f"{label}: no garment found: the image is a single flat colour")
+        raise ImageError(f"{label}: no garment found: the image is a single flat colour", "unusable")
     garment = signal[rows[0] : rows[-1] + 1, columns[0] : columns[-1] + 1]
 
     height, width = garment.shape
@@ -223,5 +235,5 @@ def _normalise(gray: np.ndarray, label: str) -> np.ndarray:
     canvas[top : top + small.shape[0], left : left + small.shape[1]] = small
     peak = canvas.max()
     if peak <= 0:
-        raise ImageError(f"{label}: no garment found after trimming")
+        raise ImageError(f"{label}: no garment found after trimming", "unusable")
     return np.clip(np.rint(canvas * (255.0 / peak)), 0, 255).astype(np.uint8)

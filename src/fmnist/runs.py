@@ -57,6 +57,14 @@ def default_dir(root: Path, model: str) -> Path:
     return candidate
 
 
+def newest(root: Path) -> Path:
+    """The most recently created finished run folder under `root`."""
+    finished = [p for p in root.glob("*") if (p / METADATA_FILE).is_file() and not p.name.endswith(PARTIAL)]
+    if not finished:
+        raise FmnistError(f"no finished run under {root}/; train one first (fmnist train, or make serve)")
+    return max(finished, key=lambda p: (p / METADATA_FILE).stat().st_mtime)
+
+
 def partial_path(final: Path) -> Path:
     return final.with_name(final.name + PARTIAL)
 

@@ -1,0 +1,404 @@
+"""The FastAPI app: a web page and a REST API over one trained run.
+
+    GET  /                     the web page (plain HTML/CSS/JS, works offline)
+    POST /v1/predict           an image (multipart field `file`, or raw bytes with an
+                               image content type), or JSON {"pixels": 28x28} / {"instances": [...]}
+    GET  /v1/model             the model card as JSON
+    GET  /v1/model/confusion_matrix.png
+    GET  /v1/gallery           a few real test images per class; /v1/gallery/{n}.png each
+    GET  /v2/health/live       200 once the process is up (KServe V2 shape)
+    GET  /v2/health/ready      200 once the model is loaded, 503 before
+    GET  /docs, /openapi.json
+
+Every error is JSON {"error": "..."} with the status that says what was wrong;
+nothing a client sends gives a 500. The model is called through a compiled
+function warmed at start-up, never `model.predict` per request.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import math
+import threading
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from PIL import Image
+from pydantic import BaseModel, Field
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from fmnist import __version__, preprocess
+from fmnist.predict import Predictor
+from fmnist.serve.limits import BodyLimit
+
+STATIC = Path(__file__).with_name("static")
+IMAGE_TYPES = ("image/png", "image/jpeg", "image/webp", "image/bmp", "image/gif", "image/tiff")
+MAX_INSTANCES = 256  # 28x28 arrays in one JSON request
+GALLERY_PER_CLASS = 3
+STATUS_OF_IMAGE_ERROR = {"too_large": 413, "unsupported": 415, "unreadable": 400, "unusable": 422}
+
+
+@dataclass(frozen=True)
+class Settings:
+    run_dir: Path
+    max_body_bytes: int = 10 * 1024 * 1024  # the largest request body accepted
+    body_timeout_seconds: float = 15.0  # a request body must arrive within this time
+    default_top_k: int = 5
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+# Response and request models: they are what /openapi.json documents.
+class Ranked(BaseModel):
+    label: str
+    index: int
+    probability: float
+
+
+class PredictionOut(BaseModel):
+    label: str = Field(description="the most probable class")
+    index: int
+    probability: float
+    top_k: list[Ranked]
+    seen: str | None = Field(None, description="with ?explain=true: the 28x28 image the model saw, as a PNG data URL")
+
+
+class ModelSummary(BaseModel):
+    run: str
+    model: str
+    backend: str
+    test_accuracy: float | None
+
+
+class PredictResponse(BaseModel):
+    predictions: list[PredictionOut]
+    model: ModelSummary
+
+
+class PixelsRequest(BaseModel):
+    pixels: list[list[float]] = Field(description="one 28x28 image, values 0-255, light garment on black")
+
+
+class InstancesRequest(BaseModel):
+    instances: list[list[list[float]]] = Field(description=f"up to {MAX_INSTANCES} 28x28 images, values 0-255")
+
+
+class ErrorOut(BaseModel):
+    error: str
+
+
+class ClassAccuracy(BaseModel):
+    label: str
+    accuracy: float
+    precision: float
+    f1: float
+
+
+class ModelCard(BaseModel):
+    run: str
+    model: str
+    trained_backend: str
+    serving_backend: str
+    created: str
+    parameters: int | None
+    test_accuracy: float | None
+    test_images: int | None
+    validation_accuracy: float | None
+    per_class: list[ClassAccuracy]
+    class_names: list[str]
+    confusion_matrix_url: str | None
+    config: dict[str, Any]
+
+
+class GalleryItem(BaseModel):
+    label: str
+    index: int
+    url: str
+
+
+class Live(BaseModel):
+    live: bool
+
+
+class Ready(BaseModel):
+    ready: bool
+
+
+ERRORS = {status: {"model": ErrorOut} for status in (400, 408, 413, 415, 422, 503)}
+
+
+class State:
+    """What the app holds: the predictor once loaded, and the gallery images."""
+
+    def __init__(self) -> None:
+        self.predictor: Predictor | None = None
+        self.gallery: list[tuple[str, int, bytes]] = []  # (label, class index, PNG)
+        self.load_error: str | None = None
+
+
+def _png(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _load(state: State, settings: Settings) -> None:
+    """Load the model, warm its compiled function, and prepare the gallery (in a thread)."""
+    try:
+        predictor = Predictor.from_run(settings.run_dir)
+        predictor.warm()
+    except Exception as error:  # reported by /v2/health/ready and the logs; the process stays up
+        state.load_error = str(error)
+        return
+    try:
+        from fmnist import data
+
+        dataset = data.load(download=False)
+        for index, name in enumerate(predictor.class_names):
+            for position in np.flatnonzero(dataset.y_test == index)[:GALLERY_PER_CLASS]:
+                state.gallery.append((name, index, _png(dataset.x_test[position])))
+    except Exception:  # the gallery is a convenience; the API works without the dataset
+        state.gallery = []
+    state.predictor = predictor
+
+
+def create_app(settings: Settings, predictor: Predictor | None = None) -> FastAPI:
+    """The app for `settings.run_dir`; pass `predictor` to skip loading (tests)."""
+    state = State()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        if predictor is not None:
+            state.predictor = predictor
+        else:
+            # Load in the background: /v2/health/live answers at once, /ready once loaded.
+            threading.Thread(target=_load, args=(state, settings), daemon=True).start()
+        yield
+
+    app = FastAPI(
+        title="fmnist",
+        version=__version__,
+        description="Fashion-MNIST classifier: a web page and a REST API over one trained run.",
+        lifespan=lifespan,
+    )
+    app.state.fmnist = state
+    app.add_middleware(
+        BodyLimit, max_bytes=settings.max_body_bytes, timeout_seconds=settings.body_timeout_seconds
+    )
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, error: ApiError) -> JSONResponse:
+        return JSONResponse({"error": error.message}, status_code=error.status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"error": str(error.detail)}, status_code=error.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
+        first = error.errors()[0] if error.errors() else {}
+        where = ".".join(str(part) for part in first.get("loc", ()))
+        return JSONResponse({"error": f"{where}: {first.get('msg', 'invalid request')}"}, status_code=422)
+
+    def ready_predictor() -> Predictor:
+        if state.predictor is None:
+            raise ApiError(503, state.load_error or "the model is still loading; try again shortly")
+        return state.predictor
+
+    def summary(model: Predictor) -> ModelSummary:
+        metadata = model.metadata
+        return ModelSummary(
+            run=settings.run_dir.name,
+            model=metadata["model"],
+            backend=_serving_backend(),
+            test_accuracy=metadata.get("metrics", {}).get("test", {}).get("accuracy"),
+        )
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> FileResponse:
+        return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.post(
+        "/v1/predict",
+        response_model=PredictResponse,
+        responses=ERRORS,
+        summary="Classify one image, or a batch of 28x28 arrays",
+        openapi_extra={"requestBody": _request_body_schema()},
+    )
+    async def predict(
+        request: Request,
+        top_k: int = Query(settings.default_top_k, ge=1, le=10, description="how many classes to rank"),
+        explain: bool = Query(False, description="include the 28x28 image the model saw"),
+        model: Predictor = Depends(ready_predictor),
+    ) -> PredictResponse:
+        images = await _read_images(request)
+        probabilities = model.probabilities(images)
+        predictions = []
+        for image, prediction in zip(images, model.top_k(probabilities, top_k)):
+            seen = "data:image/png;base64," + base64.b64encode(_png(image)).decode() if explain else None
+            predictions.append(PredictionOut(**prediction.to_dict(), seen=seen))
+        return PredictResponse(predictions=predictions, model=summary(model))
+
+    @app.get("/v1/model", response_model=ModelCard, responses={503: {"model": ErrorOut}})
+    async def model_card(model: Predictor = Depends(ready_predictor)) -> ModelCard:
+        metadata = model.metadata
+        test = metadata.get("metrics", {}).get("test", {})
+        has_matrix = (settings.run_dir / "confusion_matrix.png").is_file()
+        return ModelCard(
+            run=settings.run_dir.name,
+            model=metadata["model"],
+            trained_backend=metadata.get("backend", "unknown"),
+            serving_backend=_serving_backend(),
+            created=metadata.get("created", "unknown"),
+            parameters=metadata.get("parameters"),
+            test_accuracy=test.get("accuracy"),
+            test_images=test.get("images"),
+            validation_accuracy=metadata.get("metrics", {}).get("validation", {}).get("accuracy"),
+            per_class=[
+                ClassAccuracy(label=c["class"], accuracy=c["recall"], precision=c["precision"], f1=c["f1"])
+                for c in test.get("per_class", [])
+            ],
+            class_names=model.class_names,
+            confusion_matrix_url="/v1/model/confusion_matrix.png" if has_matrix else None,
+            config=metadata.get("config", {}),
+        )
+
+    @app.get(
+        "/v1/model/confusion_matrix.png",
+        response_class=FileResponse,
+        responses={200: {"content": {"image/png": {}}}, 404: {"model": ErrorOut}},
+    )
+    async def confusion_matrix() -> FileResponse:
+        path = settings.run_dir / "confusion_matrix.png"
+        if not path.is_file():
+            raise ApiError(404, "this run has no confusion matrix image")
+        return FileResponse(path, media_type="image/png")
+
+    @app.get("/v1/gallery", response_model=list[GalleryItem], responses={503: {"model": ErrorOut}})
+    async def gallery(model: Predictor = Depends(ready_predictor)) -> list[GalleryItem]:
+        return [
+            GalleryItem(label=label, index=index, url=f"/v1/gallery/{number}.png")
+            for number, (label, index, _) in enumerate(state.gallery)
+        ]
+
+    @app.get(
+        "/v1/gallery/{number}.png",
+        responses={200: {"content": {"image/png": {}}}, 404: {"model": ErrorOut}},
+        response_class=Response,
+    )
+    async def gallery_image(number: int) -> Response:
+        if not 0 <= number < len(state.gallery):
+            raise ApiError(404, f"no gallery image {number}; there are {len(state.gallery)}")
+        return Response(state.gallery[number][2], media_type="image/png")
+
+    @app.get("/v2/health/live", response_model=Live)
+    async def live() -> Live:
+        return Live(live=True)
+
+    @app.get("/v2/health/ready", response_model=Ready, responses={503: {"model": Ready}})
+    async def ready() -> Any:
+        if state.predictor is None:
+            return JSONResponse({"ready": False}, status_code=503)
+        return Ready(ready=True)
+
+    return app
+
+
+def _serving_backend() -> str:
+    import keras
+
+    return keras.backend.backend()
+
+
+async def _read_images(request: Request) -> np.ndarray:
+    """The request's image(s), as dataset-format uint8 (n, 28, 28); ApiError for anything wrong."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    try:
+        if content_type == "multipart/form-data":
+            try:
+                form = await request.form(max_files=1, max_fields=4)
+            except (ValueError, KeyError, AssertionError) as error:
+                raise ApiError(400, f"malformed multipart body: {error}") from None
+            upload = form.get("file")
+            if not isinstance(upload, UploadFile):
+                raise ApiError(400, "the multipart body needs an image in a field named 'file'")
+            data = await upload.read()
+            return preprocess.to_dataset_format(data, name=upload.filename or "upload")[None]
+        if content_type in IMAGE_TYPES or content_type == "application/octet-stream":
+            return preprocess.to_dataset_format(await request.body(), name="upload")[None]
+        if content_type == "application/json":
+            return _json_images(await request.body())
+    except preprocess.ImageError as error:
+        raise ApiError(STATUS_OF_IMAGE_ERROR.get(error.kind, 400), str(error)) from None
+    accepted = ", ".join(("multipart/form-data", *IMAGE_TYPES, "application/json"))
+    raise ApiError(415, f"unsupported content type {content_type or '(none)'!r}; send one of: {accepted}")
+
+
+def _json_images(body: bytes) -> np.ndarray:
+    try:
+        document = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ApiError(400, f"the body is not valid JSON: {error}") from None
+    if isinstance(document, dict) and set(document) == {"pixels"}:
+        arrays = [document["pixels"]]
+    elif isinstance(document, dict) and set(document) == {"instances"}:
+        arrays = document["instances"]
+        if not isinstance(arrays, list) or not 1 <= len(arrays) <= MAX_INSTANCES:
+            raise ApiError(422, f"'instances' must be a list of 1 to {MAX_INSTANCES} 28x28 arrays")
+    else:
+        raise ApiError(422, 'expected {"pixels": [[...28 rows of 28 values...]]} or {"instances": [...]}')
+    images = np.zeros((len(arrays), 28, 28), np.uint8)
+    for number, array in enumerate(arrays):
+        if not (isinstance(array, list) and len(array) == 28
+                and all(isinstance(row, list) and len(row) == 28 for row in array)):
+            raise ApiError(422, f"image {number}: expected 28 rows of 28 values")
+        flat = [value for row in array for value in row]
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and 0 <= v <= 255
+                   for v in flat):
+            raise ApiError(422, f"image {number}: every value must be a finite number within 0-255")
+        images[number] = np.rint(np.array(flat, np.float64)).reshape(28, 28).astype(np.uint8)
+    return images
+
+
+def _request_body_schema() -> dict[str, Any]:
+    binary = {"schema": {"type": "string", "format": "binary"}}
+    return {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"file": {"type": "string", "format": "binary"}},
+                    "required": ["file"],
+                }
+            },
+            **{media: binary for media in IMAGE_TYPES},
+            "application/json": {
+                "schema": {"oneOf": [PixelsRequest.model_json_schema(), InstancesRequest.model_json_schema()]}
+            },
+        },
+    }
+
+
+def app_from_environment() -> FastAPI:
+    """The uvicorn factory used by `fmnist serve` (its workers read the run from the environment)."""
+    import os
+
+    return create_app(Settings(run_dir=Path(os.environ["FMNIST_SERVE_RUN"])))
+
