@@ -146,7 +146,7 @@ class State:
 
     def __init__(self) -> None:
         self.predictor: Predictor | None = None
-        self.gallery: list[tuple[str, int, bytes]] = []  # (label, class index, PNG)
+        self.gallery: list[tuple[str, int, bytes]] | None = None  # (label, class index, PNG), made on first use
         self.load_error: str | None = None
 
 
@@ -157,34 +157,40 @@ def _png(array: np.ndarray) -> bytes:
 
 
 def _load(state: State, settings: Settings) -> None:
-    """Load the model, warm its compiled function, and prepare the gallery (in a thread)."""
+    """Load the model and warm its compiled function (in a thread, at start-up)."""
     try:
         predictor = Predictor.from_run(settings.run_dir)
         predictor.warm()
-    except Exception as error:  # reported by /v2/health/ready and the logs; the process stays up
+    except Exception as error:  # reported by /v2/health/ready; the process stays up
         state.load_error = str(error)
         return
-    try:
-        from fmnist import data
+    state.predictor = predictor
 
-        dataset = data.load(download=False)
-        for index, name in enumerate(predictor.class_names):
+
+def _gallery(state: State, class_names: list[str]) -> list[tuple[str, int, bytes]]:
+    """A few test images per class, as PNGs, made once; none if the dataset is not installed."""
+    if state.gallery is None:
+        state.gallery = []
+        try:
+            from fmnist import data
+
+            dataset = data.load(download=False)
+        except Exception:  # the gallery is a convenience; the API works without the dataset
+            return state.gallery
+        for index, name in enumerate(class_names):
             for position in np.flatnonzero(dataset.y_test == index)[:GALLERY_PER_CLASS]:
                 state.gallery.append((name, index, _png(dataset.x_test[position])))
-    except Exception:  # the gallery is a convenience; the API works without the dataset
-        state.gallery = []
-    state.predictor = predictor
+    return state.gallery
 
 
 def create_app(settings: Settings, predictor: Predictor | None = None) -> FastAPI:
     """The app for `settings.run_dir`; pass `predictor` to skip loading (tests)."""
     state = State()
+    state.predictor = predictor
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        if predictor is not None:
-            state.predictor = predictor
-        else:
+        if predictor is None:
             # Load in the background: /v2/health/live answers at once, /ready once loaded.
             threading.Thread(target=_load, args=(state, settings), daemon=True).start()
         yield
@@ -294,18 +300,19 @@ def create_app(settings: Settings, predictor: Predictor | None = None) -> FastAP
     async def gallery(model: Predictor = Depends(ready_predictor)) -> list[GalleryItem]:
         return [
             GalleryItem(label=label, index=index, url=f"/v1/gallery/{number}.png")
-            for number, (label, index, _) in enumerate(state.gallery)
+            for number, (label, index, _) in enumerate(_gallery(state, model.class_names))
         ]
 
     @app.get(
         "/v1/gallery/{number}.png",
-        responses={200: {"content": {"image/png": {}}}, 404: {"model": ErrorOut}},
+        responses={200: {"content": {"image/png": {}}}, 404: {"model": ErrorOut}, 503: {"model": ErrorOut}},
         response_class=Response,
     )
-    async def gallery_image(number: int) -> Response:
-        if not 0 <= number < len(state.gallery):
-            raise ApiError(404, f"no gallery image {number}; there are {len(state.gallery)}")
-        return Response(state.gallery[number][2], media_type="image/png")
+    async def gallery_image(number: int, model: Predictor = Depends(ready_predictor)) -> Response:
+        images = _gallery(state, model.class_names)
+        if not 0 <= number < len(images):
+            raise ApiError(404, f"no gallery image {number}; there are {len(images)}")
+        return Response(images[number][2], media_type="image/png")
 
     @app.get("/v2/health/live", response_model=Live)
     async def live() -> Live:
