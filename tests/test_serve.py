@@ -82,7 +82,9 @@ def test_multipart_upload(client: TestClient, test_images, predictor: Predictor)
 
 def test_raw_image_bytes_with_explain(client: TestClient, test_images) -> None:
     photo = photos.make_photo(test_images[0][1], np.random.default_rng(1), encoding=("JPEG", "RGB"))
-    response = client.post("/v1/predict?explain=true&top_k=3", content=photo.data, headers={"content-type": "image/jpeg"})
+    response = client.post(
+        "/v1/predict?explain=true&top_k=3", content=photo.data, headers={"content-type": "image/jpeg"}
+    )
     assert response.status_code == 200
     prediction = response.json()["predictions"][0]
     assert len(prediction["top_k"]) == 3 and prediction["seen"].startswith("data:image/png;base64,")
