@@ -110,6 +110,9 @@ def bad_png() -> bytes:
     [
         (b"{not json", "application/json", 400, "not valid JSON"),
         (json.dumps({"pixels": [[0] * 28] * 27}).encode(), "application/json", 422, "28 rows of 28"),
+        (json.dumps({"pixels": [[0] * 28] * 27 + [[0] * 27]}).encode(), "application/json", 422, "28 rows of 28"),
+        (json.dumps({"pixels": [["1"] * 28] * 28}).encode(), "application/json", 422, "must be a number"),
+        (json.dumps({"pixels": [[True] * 28] * 28}).encode(), "application/json", 422, "must be a number"),
         (json.dumps({"pixels": [[300] * 28] * 28}).encode(), "application/json", 422, "within 0-255"),
         (b'{"pixels": [' + b",".join([b"[" + b",".join([b"NaN"] * 28) + b"]"] * 28) + b"]}",
          "application/json", 422, "finite"),

@@ -276,3 +276,181 @@ def _photos_markdown(summary: dict) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+WRK_SCRIPT = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = os.getenv("FMNIST_CONTENT_TYPE")
+local file = io.open(os.getenv("FMNIST_BODY"), "rb")
+wrk.body = file:read("*all")
+file:close()
+"""
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _wrk(url: str, body: Path, content_type: str, connections: int, seconds: int, script: Path) -> dict:
+    """One wrk run; its throughput, latency percentiles (ms) and error counts."""
+    result = subprocess.run(
+        ["wrk", f"-t{min(connections, 2)}", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url],
+        capture_output=True, text=True,
+        env={**os.environ, "FMNIST_BODY": str(body), "FMNIST_CONTENT_TYPE": content_type},
+        timeout=seconds + 60,
+    )
+    if result.returncode != 0:
+        raise FmnistError(f"wrk failed: {result.stderr.strip() or result.stdout.strip()}")
+    text = result.stdout
+    units = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+
+    def latency(percentile: str) -> float:
+        match = re.search(rf"^\s+{percentile}%\s+([\d.]+)(us|ms|s)\s*$", text, re.MULTILINE)
+        return float(match.group(1)) * units[match.group(2)] if match else float("nan")
+
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    socket = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+    requests = re.search(r"(\d+) requests in", text)
+    return {
+        "requests_per_second": float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1)),
+        "requests": int(requests.group(1)) if requests else 0,
+        "p50_ms": latency("50"),
+        "p90_ms": latency("90"),
+        "p99_ms": latency("99"),
+        "errors": (int(non_2xx.group(1)) if non_2xx else 0) + (sum(map(int, socket.groups())) if socket else 0),
+    }
+
+
+def serve(run_dir: Path, seconds: int = 30, markdown: Path | None = Path("docs/SERVING.md")) -> dict[str, object]:
+    """Load-test `fmnist serve` on loopback with wrk: three payloads at concurrency 1 and 8.
+
+    Payloads: a 28x28 PNG (a test image), an 800x600 JPEG photo, and a JSON
+    batch of 32 test images. The server's memory is read after warm-up and
+    again after all the load.
+    """
+    import shutil
+    import socket
+
+    import numpy as np
+    from PIL import Image
+
+    from fmnist import photos as photo_maker
+
+    if shutil.which("wrk") is None:
+        raise FmnistError("the serving benchmark needs wrk: apt-get install wrk")
+    dataset = data.load()
+    with tempfile.TemporaryDirectory(prefix="fmnist-serve-") as scratch:
+        root = Path(scratch)
+        script = root / "post.lua"
+        script.write_text(WRK_SCRIPT)
+        png = root / "image.png"
+        Image.fromarray(dataset.x_test[0]).save(png)
+        jpeg = root / "photo.jpg"
+        jpeg.write_bytes(
+            photo_maker.make_photo(
+                dataset.x_test[1], np.random.default_rng(0), canvas=(800, 600), encoding=("JPEG", "RGB")
+            ).data
+        )
+        batch = root / "batch.json"
+        batch.write_text(json.dumps({"instances": dataset.x_test[:32].tolist()}))
+        payloads = [
+            ("28x28 PNG", png, "image/png"),
+            ("800x600 JPEG", jpeg, "image/jpeg"),
+            ("JSON batch of 32", batch, "application/json"),
+        ]
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        server = subprocess.Popen(
+            [sys.executable, "-m", "fmnist", "serve", str(run_dir), "--port", str(port)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            _wait_ready(url)
+            # Warm-up: every payload once at concurrency 8, then memory is read.
+            for _, body, content_type in payloads:
+                _wrk(url + "/v1/predict", body, content_type, 8, 3, script)
+            memory_warm = _rss_mb(server.pid)
+            rows = []
+            load_started = time.perf_counter()
+            for name, body, content_type in payloads:
+                for connections in (1, 8):
+                    row = {"payload": name, "connections": connections,
+                           **_wrk(url + "/v1/predict", body, content_type, connections, seconds, script)}
+                    rows.append(row)
+                    print(
+                        f"{name:18s} c={connections}  {row['requests_per_second']:7.0f} req/s  "
+                        f"p50 {row['p50_ms']:6.2f} ms  p99 {row['p99_ms']:6.2f} ms  errors {row['errors']}",
+                        flush=True,
+                    )
+            load_seconds = time.perf_counter() - load_started
+            memory_after = _rss_mb(server.pid)
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+    summary = {
+        "machine": environment.machine(),
+        "versions": environment.versions(),
+        "command": f"fmnist bench serve {run_dir} --seconds {seconds}",
+        "run": str(run_dir),
+        "results": rows,
+        "memory_mb": {"after_warm_up": memory_warm, "after_load": memory_after, "load_seconds": load_seconds},
+    }
+    print(f"server memory: {memory_warm:.0f} MB after warm-up, {memory_after:.0f} MB after {load_seconds:.0f} s load")
+    if markdown is not None:
+        markdown.parent.mkdir(parents=True, exist_ok=True)
+        markdown.with_suffix(".json").write_text(json.dumps(summary, indent=2) + "\n")
+        markdown.write_text(_serve_markdown(summary))
+        print(f"wrote {markdown} and {markdown.with_suffix('.json')}")
+    return summary
+
+
+def _wait_ready(url: str, timeout: float = 120.0) -> None:
+    import urllib.request
+
+    deadline = time.perf_counter() + timeout
+    while time.perf_counter() < deadline:
+        try:
+            with urllib.request.urlopen(url + "/v2/health/ready", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.2)
+    raise FmnistError(f"the server at {url} did not become ready within {timeout:.0f} s")
+
+
+def _serve_markdown(summary: dict) -> str:
+    machine, memory = summary["machine"], summary["memory_mb"]
+    lines = [
+        "# Serving under load",
+        "",
+        "Produced by `fmnist bench serve`; do not edit by hand. Command:",
+        "",
+        f"    {summary['command']}",
+        "",
+        "`fmnist serve` (one uvicorn worker) on loopback, loaded by `wrk` for the stated time per row; "
+        "every request is a `POST /v1/predict`.",
+        "",
+        "| payload | concurrency | requests/s | p50 (ms) | p90 (ms) | p99 (ms) | errors |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in summary["results"]:
+        lines.append(
+            f"| {row['payload']} | {row['connections']} | {row['requests_per_second']:.0f} | {row['p50_ms']:.2f} | "
+            f"{row['p90_ms']:.2f} | {row['p99_ms']:.2f} | {row['errors']} |"
+        )
+    growth = 100 * (memory["after_load"] / memory["after_warm_up"] - 1)
+    lines += [
+        "",
+        f"Server memory (RSS): {memory['after_warm_up']:.0f} MB after warm-up, {memory['after_load']:.0f} MB after "
+        f"{memory['load_seconds']:.0f} s of load ({growth:+.1f}%).",
+        "",
+        f"Machine: {machine['cpu']}, {machine['cores']} cores, {machine['platform']}; "
+        "the load generator shares those cores with the server.",
+        "",
+    ]
+    return "\n".join(lines)

@@ -90,6 +90,10 @@ def _parser() -> argparse.ArgumentParser:
     photo_bench.add_argument("--speed-count", type=_positive_int, default=1000, help="800x600 JPEGs for the speed test")
     photo_bench.add_argument("--seed", type=int, default=0)
     photo_bench.add_argument("--markdown", type=Path, default=Path("docs/PHOTOS.md"))
+    serve_bench = benches.add_parser("serve", help="load-test fmnist serve with wrk on loopback")
+    serve_bench.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    serve_bench.add_argument("--seconds", type=_positive_int, default=30, help="per payload and concurrency")
+    serve_bench.add_argument("--markdown", type=Path, default=Path("docs/SERVING.md"))
     return parser
 
 
@@ -200,10 +204,13 @@ def _models(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    if args.bench == "speed":
+    if args.bench in ("speed", "serve"):
         from fmnist import bench
 
-        bench.speed(repeats=args.repeats, json_path=args.json)
+        if args.bench == "speed":
+            bench.speed(repeats=args.repeats, json_path=args.json)
+        else:
+            bench.serve(args.run_dir, seconds=args.seconds, markdown=args.markdown)
         return 0
     from fmnist import models, runs
 

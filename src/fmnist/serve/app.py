@@ -20,7 +20,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import math
 import threading
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -370,17 +369,17 @@ def _json_images(body: bytes) -> np.ndarray:
             raise ApiError(422, f"'instances' must be a list of 1 to {MAX_INSTANCES} 28x28 arrays")
     else:
         raise ApiError(422, 'expected {"pixels": [[...28 rows of 28 values...]]} or {"instances": [...]}')
-    images = np.zeros((len(arrays), 28, 28), np.uint8)
-    for number, array in enumerate(arrays):
-        if not (isinstance(array, list) and len(array) == 28
-                and all(isinstance(row, list) and len(row) == 28 for row in array)):
-            raise ApiError(422, f"image {number}: expected 28 rows of 28 values")
-        flat = [value for row in array for value in row]
-        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and 0 <= v <= 255
-                   for v in flat):
-            raise ApiError(422, f"image {number}: every value must be a finite number within 0-255")
-        images[number] = np.rint(np.array(flat, np.float64)).reshape(28, 28).astype(np.uint8)
-    return images
+    try:
+        values = np.asarray(arrays)
+    except (ValueError, TypeError):  # ragged nesting
+        values = None
+    if values is None or values.shape[1:] != (28, 28) or values.ndim != 3:
+        raise ApiError(422, "every image must be 28 rows of 28 values")
+    if values.dtype.kind not in "iuf":  # strings, booleans, nulls, or numbers too large for a float
+        raise ApiError(422, "every value must be a number within 0-255")
+    if not (np.isfinite(values).all() and values.min() >= 0 and values.max() <= 255):
+        raise ApiError(422, "every value must be a finite number within 0-255")
+    return np.rint(values).astype(np.uint8)
 
 
 def _request_body_schema() -> dict[str, Any]:
