@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup run test lint bench-speed dataset clean
+.PHONY: setup run test serve lint bench-speed bench-photos bench-serve dataset clean
 
 setup: $(STAMP) dataset
 
@@ -39,11 +39,22 @@ test: setup
 	@$(PY) -m pytest $(PYTEST_ARGS); status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$status
 
+# Serve the newest finished run on http://127.0.0.1:8000/, training the reference model first if there is none.
+serve: setup
+	@ls runs/*/metadata.json 2>/dev/null | grep -vq '\.partial/' || $(PY) -m fmnist train
+	$(PY) -m fmnist serve
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests
 
 bench-speed: setup
 	$(PY) -m fmnist bench speed
+
+bench-photos: setup
+	$(PY) -m fmnist bench photos $$(ls -td runs/*/ | grep -v '\.partial/' | head -1)
+
+bench-serve: setup
+	$(PY) -m fmnist bench serve $$(ls -td runs/*/ | grep -v '\.partial/' | head -1)
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache
