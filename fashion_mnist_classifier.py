@@ -1,6 +1,6 @@
 """The seed's own command: `python3 fashion_mnist_classifier.py` trains the reference model.
 
-It is exactly `fmnist train` (same defaults, same flags), kept so that the way
+It is exactly `fmnist train` (same defaults, same flags, e.g. `--epochs 3`), kept so that the way
 this project began still works. Run `make` once first: it creates `.venv`, and
 this file re-runs itself with that environment's Python when needed.
 """
@@ -18,4 +18,6 @@ except ModuleNotFoundError:
     sys.exit("fmnist is not installed: run `make` in this directory first, then run this again")
 
 if __name__ == "__main__":
+    # `python3 fashion_mnist_classifier.py [--epochs N ...]` is `fmnist train [--epochs N ...]`.
+    sys.argv[1:1] = ["train"]
     entry_point()

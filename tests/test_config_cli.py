@@ -35,6 +35,7 @@ def test_layers_override_in_order(tmp_path: Path) -> None:
         ("optimiser = 'sgd'\n", "unknown setting(s) optimiser"),
         ("epochs = \n", "is not valid TOML"),
         ("model = 'resnet9000'\n", "unknown model 'resnet9000'"),
+        ("seed = -1\n", "seed must be within 0 to 2**32 - 1"),
     ],
 )
 def test_bad_settings_are_one_line_and_exit_2(
@@ -81,15 +82,19 @@ def test_the_packaged_recipe_matches_the_defaults() -> None:
     assert {key: getattr(defaults, key) for key in recipe} == recipe
 
 
-def test_the_seed_command_is_fmnist_train() -> None:
+def test_the_seed_command_trains_like_fmnist_train(tmp_path: Path, real_data_dir: Path) -> None:
+    import json
     import subprocess
     import sys
 
-    from conftest import ROOT
+    from conftest import ROOT, SMALL
 
+    out = tmp_path / "seed-run"
     result = subprocess.run(
-        [sys.executable, str(ROOT / "fashion_mnist_classifier.py"), "--help"],
-        capture_output=True, text=True, timeout=60,
+        [sys.executable, str(ROOT / "fashion_mnist_classifier.py"), "--epochs", "1", "--out", str(out), *SMALL],
+        capture_output=True, text=True, timeout=300,
     )
-    assert result.returncode == 0
-    assert "train" in result.stdout and "evaluate" in result.stdout
+    assert result.returncode == 0, result.stderr
+    assert "epoch 1/1" in result.stdout
+    metadata = json.loads((out / "metadata.json").read_text())
+    assert metadata["model"] == "mlp" and metadata["config"]["batch_size"] == 32

@@ -122,3 +122,16 @@ def test_inputs_expand_directories_and_globs(photo_dir: Path, tmp_path: Path) ->
     files, missing = expand_inputs([str(photo_dir), str(photo_dir / "photo1.*"), str(tmp_path / "x*.png")])
     assert len(files) == 9 and len(missing) == 1
     assert "no file matches" in missing[0].error
+
+
+def test_explain_never_overwrites_a_file_of_the_same_name(
+    trained_run: Path, photo_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    first = sorted(photo_dir.iterdir())[0]
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / first.name).write_bytes(first.read_bytes())
+    seen = tmp_path / "seen"
+    argv = ["predict", str(trained_run), str(tmp_path / "a"), str(tmp_path / "b"), "--explain", str(seen)]
+    assert cli.main(argv) == 0
+    assert sorted(p.name for p in seen.iterdir()) == [f"{first.name}-2.png", f"{first.name}.png"]

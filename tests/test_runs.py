@@ -94,7 +94,9 @@ def test_same_seed_gives_identical_metrics(run_a: Path, tmp_path: Path) -> None:
     assert [r["loss"] for r in _history(run_a)] == [r["loss"] for r in _history(out)]
 
 
-def test_resume_after_kill_finishes_as_if_never_stopped(run_a: Path, tmp_path: Path) -> None:
+def test_resume_after_kill_finishes_as_if_never_stopped(
+    run_a: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     out = tmp_path / "killed"
     process = subprocess.Popen(
         [sys.executable, "-m", "fmnist", "train", "--out", str(out), "--epochs", "3", *SMALL],
@@ -109,8 +111,12 @@ def test_resume_after_kill_finishes_as_if_never_stopped(run_a: Path, tmp_path: P
     assert process.returncode == -signal.SIGKILL
     partial = runs.partial_path(out)
     assert partial.is_dir() and not out.exists()  # a killed run never looks finished
+    assert (partial / runs.CHECKPOINT_FILE).is_file()
 
+    capsys.readouterr()
     assert cli.main(["train", "--resume", str(partial)]) == 0
+    resumed_output = capsys.readouterr().out
+    assert "epoch 1/3" not in resumed_output and "epoch 2/3" in resumed_output  # it continued, not restarted
     assert out.is_dir() and not partial.exists()
     resumed, uninterrupted = (json.loads((d / runs.METADATA_FILE).read_text()) for d in (out, run_a))
     assert resumed["metrics"] == uninterrupted["metrics"]
@@ -175,3 +181,29 @@ def test_tensorflow_backend_and_cross_backend_loading(run_a: Path, tmp_path: Pat
 def _history(run_dir: Path) -> list[dict[str, str]]:
     with open(run_dir / runs.HISTORY_FILE, newline="") as file:
         return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(file)]
+
+
+def test_a_failed_start_leaves_no_run_folder(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "never"
+    assert cli.main(["train", "--out", str(out), "--train-images", "1"]) == 1
+    assert "leaves no images" in capsys.readouterr().err
+    assert not out.exists() and not runs.partial_path(out).exists()
+
+
+def test_an_unwritable_run_folder_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert cli.main(["train", "--out", str(blocker / "run"), "--epochs", "1", *SMALL]) == 1
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "Traceback" not in error and "a-file" in error
+
+
+def test_newest_run_is_the_last_trained_and_partial_runs_are_not_evaluated(run_a: Path, tmp_path: Path) -> None:
+    for name, created in (("older", "2026-01-01T00:00:00Z"), ("newer", "2026-06-01T00:00:00Z")):
+        shutil.copytree(run_a, tmp_path / name)
+        metadata = json.loads((tmp_path / name / runs.METADATA_FILE).read_text())
+        runs.write_metadata(tmp_path / name, {**metadata, "created": created})
+    (tmp_path / "older" / runs.METADATA_FILE).touch()  # touched last, still older
+    assert runs.newest(tmp_path) == tmp_path / "newer"
+    shutil.copytree(run_a, tmp_path / "x.partial")
+    assert cli.main(["evaluate", str(tmp_path / "x.partial")]) == 1

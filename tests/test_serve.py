@@ -109,6 +109,9 @@ def bad_png() -> bytes:
     "content, content_type, status, words",
     [
         (b"{not json", "application/json", 400, "not valid JSON"),
+        (b"[" * 100_000 + b"]" * 100_000, "application/json", 400, "not valid JSON"),
+        (b'{"pixels": [' + b",".join([b"[true" + b",5" * 27 + b"]"] * 28) + b"]}", "application/json", 422,
+         "boolean"),
         (json.dumps({"pixels": [[0] * 28] * 27}).encode(), "application/json", 422, "28 rows of 28"),
         (json.dumps({"pixels": [[0] * 28] * 27 + [[0] * 27]}).encode(), "application/json", 422, "28 rows of 28"),
         (json.dumps({"pixels": [["1"] * 28] * 28}).encode(), "application/json", 422, "must be a number"),

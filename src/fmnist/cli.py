@@ -30,6 +30,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _port(text: str) -> int:
+    value = _positive_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number from 1 to 65535, received {text!r}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="fmnist", description="Fashion-MNIST classifiers you can trust.")
     parser.add_argument("--version", action="version", version=f"fmnist {__version__}")
@@ -73,7 +80,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("run_dir", type=Path, nargs="?", metavar="RUN_DIR",
                        help="the run to serve (default: the newest finished run under runs/)")
     serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--port", type=_port, default=8000)
     serve.add_argument("--workers", type=_positive_int, default=1, help="server processes")
     serve.add_argument("--backend", help="Keras backend: jax or tensorflow (default: jax, fastest for inference)")
 
@@ -155,9 +162,10 @@ def _predict(args: argparse.Namespace) -> int:
         results = predictor.predict_files(files, top_k=args.top_k, progress=bar.update) + missing
     print(predict.format_results(results, args.format))
     if args.explain is not None:
+        used: set[str] = set()
         for result in results:
             if result.prediction is not None:
-                predict.explain(result, args.explain)
+                used.add(predict.explain(result, args.explain, taken=used).name)
         print(f"wrote what the model sees to {args.explain}", file=sys.stderr)
     return 1 if any(result.error for result in results) else 0
 
@@ -238,6 +246,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except FmnistError as error:
         print(f"fmnist: error: {error}", file=sys.stderr)
+        return 1
+    except OSError as error:  # an unwritable folder, a full disk: the system's words, on one line
+        where = f" ({error.filename})" if getattr(error, "filename", None) else ""
+        print(f"fmnist: error: {error.strerror or error}{where}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("fmnist: interrupted", file=sys.stderr)

@@ -40,6 +40,8 @@ class TrainConfig:
         _check_positive_int("epochs", self.epochs)
         _check_positive_int("batch_size", self.batch_size)
         _check_int("seed", self.seed)
+        if not 0 <= self.seed < 2**32:
+            raise ConfigError(f"seed must be within 0 to 2**32 - 1. Received: seed={self.seed!r}")
         if not isinstance(self.model, str) or not self.model:
             raise ConfigError(f"model must be a model name. Received: model={self.model!r}")
         if not _is_number(self.learning_rate) or not 0 < self.learning_rate < 1:

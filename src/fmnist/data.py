@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import http.client
 import json
+import math
 import os
 import sys
 import urllib.error
@@ -269,7 +271,14 @@ def load(data_dir: Path | str | None = None, download: bool = True) -> Dataset:
     for key, spec in FILES.items():
         path = _file_in(directory, spec)
         assert path is not None
-        arrays[key], files[spec.name] = read_file(path, spec), path
+        try:
+            arrays[key], files[spec.name] = read_file(path, spec), path
+        except FmnistError as error:
+            if directory == cache_dir() / "fashion-mnist":  # --fetch would not replace it
+                raise FmnistError(
+                    f"{error}; it is in the fmnist cache: delete it, then run `fmnist data --fetch`"
+                ) from None
+            raise
     return Dataset(
         x_train=arrays["train_images"],
         y_train=arrays["train_labels"],
@@ -293,7 +302,12 @@ def fetch(mirrors: Sequence[str] = MIRRORS, directory: Path | None = None) -> Pa
     for spec in FILES.values():
         existing = _file_in(directory, spec)
         if existing is not None:
-            verify_payload(existing, spec, _read_payload(existing))
+            try:
+                verify_payload(existing, spec, _read_payload(existing))
+            except FmnistError as error:  # never overwritten: the user decides what to do with it
+                raise FmnistError(
+                    f"{error}; fetch never replaces a file: delete {existing} to download it again"
+                ) from None
             continue
         target = directory / f"{spec.name}.gz"
         partial = target.with_name(target.name + ".part")
@@ -302,7 +316,7 @@ def fetch(mirrors: Sequence[str] = MIRRORS, directory: Path | None = None) -> Pa
             url = mirror + target.name
             try:
                 verify_payload(Path(url), spec, _download(url, partial))
-            except (OSError, urllib.error.URLError, ValueError, FmnistError) as error:
+            except (OSError, urllib.error.URLError, http.client.HTTPException, ValueError, FmnistError) as error:
                 errors.append(f"{url}: {getattr(error, 'reason', error)}")
                 partial.unlink(missing_ok=True)
                 continue
@@ -344,11 +358,11 @@ def split(
     The split is the same for every seed, so validation scores of different
     seeds and models are comparable. Returns (x_fit, y_fit, x_val, y_val).
     """
-    n_val = int(round(len(x) * validation_split))
+    cut = int(math.ceil(len(x) * (1.0 - validation_split)))  # Keras's own formula
+    n_val = len(x) - cut
     if not 0 < n_val < len(x):
         raise FmnistError(
             f"validation_split={validation_split} of {len(x)} images leaves no images to "
             "train or to validate on"
         )
-    cut = len(x) - n_val
     return x[:cut], y[:cut], x[cut:], y[cut:]

@@ -41,10 +41,10 @@ def train_run(
                 f"--backend {metadata['backend']}"
             )
     else:
-        partial = runs.start(out or runs.default_dir(runs_root, config.model))
         metadata = _new_metadata(config)
-    print(f"run folder: {partial}  (resume with: fmnist train --resume {partial})", flush=True)
 
+    # Everything that can fail on the user's input (the data, the split) is done
+    # before a run folder exists, so a failed start leaves nothing to clean up.
     dataset = data.load(data_dir)
     x_train, y_train = dataset.x_train[: config.train_images], dataset.y_train[: config.train_images]
     x_fit, y_fit, x_val, y_val = data.split(x_train, y_train, config.validation_split)
@@ -62,6 +62,9 @@ def train_run(
         "validation_images": len(x_val),
         "validation_class_counts": np.bincount(y_val, minlength=len(data.CLASS_NAMES)).tolist(),
     }
+    if resume is None:
+        partial = runs.start(out or runs.default_dir(runs_root, config.model))
+    print(f"run folder: {partial}  (resume with: fmnist train --resume {partial})", flush=True)
     runs.write_metadata(partial, metadata)
     data_seconds = time.perf_counter() - started
 
@@ -93,6 +96,8 @@ def train_run(
 
 def evaluate_run(run_dir: Path, data_dir: Path | None = None) -> dict[str, Any]:
     """Re-score a finished run on the test set; rewrite its metrics, plots and report."""
+    if run_dir.name.endswith(runs.PARTIAL):
+        raise FmnistError(f"{run_dir} is an unfinished run; finish it first with fmnist train --resume {run_dir}")
     metadata = runs.read_metadata(run_dir)
     model = runs.load_model(run_dir)
     config = from_dict(metadata["config"])

@@ -119,7 +119,12 @@ def what_the_model_sees(
 
 
 def save(figure: Figure, path: Path) -> None:
-    figure.savefig(path, dpi=100)
+    """Write the figure as a PNG under a temporary name, then rename it into place."""
+    import os
+
+    temporary = path.with_name(f".{path.name}.tmp")
+    figure.savefig(temporary, dpi=100, format="png")
+    os.replace(temporary, path)
 
 
 def show(paths: Sequence[Path]) -> bool:

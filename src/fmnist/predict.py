@@ -184,8 +184,11 @@ def format_results(results: Sequence[FileResult], style: str) -> str:
     return "\n".join(lines)
 
 
-def explain(result: FileResult, directory: Path) -> Path:
-    """Write `<directory>/<file name>.png`: the image beside what the model saw, and its top classes."""
+def explain(result: FileResult, directory: Path, taken: set[str] = frozenset()) -> Path:  # type: ignore[assignment]
+    """Write `<directory>/<file name>.png`: the image beside what the model saw, and its top classes.
+
+    Names in `taken` (written earlier in the same run) get a numbered suffix instead of being overwritten.
+    """
     from fmnist import plots
 
     assert result.prediction is not None and result.seen is not None
@@ -195,6 +198,9 @@ def explain(result: FileResult, directory: Path) -> Path:
     title = f"{Path(result.file).name}: {result.prediction.label} {result.prediction.probability:.0%}"
     figure = plots.what_the_model_sees(picture, result.seen, result.prediction.top_k, title)
     directory.mkdir(parents=True, exist_ok=True)
-    target = directory / f"{Path(result.file).name}.png"
+    name, number = f"{Path(result.file).name}.png", 2
+    while name in taken:
+        name, number = f"{Path(result.file).name}-{number}.png", number + 1
+    target = directory / name
     plots.save(figure, target)
     return target

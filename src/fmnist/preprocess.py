@@ -89,8 +89,8 @@ def open_image(source: str | Path | bytes | BinaryIO, name: str | None = None) -
         raise ImageError(
             f"{label}: not an image in a supported format ({', '.join(FORMATS)})", "unsupported"
         ) from None
-    except (OSError, ValueError, SyntaxError) as error:
-        raise ImageError(f"{label}: cannot decode ({error})") from None
+    except Exception as error:  # Pillow's decoders raise many types on crafted files
+        raise ImageError(f"{label}: cannot decode ({type(error).__name__}: {error})") from None
     width, height = image.size
     if width * height > MAX_PIXELS:
         raise ImageError(
@@ -106,8 +106,10 @@ def open_image(source: str | Path | bytes | BinaryIO, name: str | None = None) -
             image.draft(image.mode, (WORKING_SIZE, WORKING_SIZE))
         image = ImageOps.exif_transpose(image)
         image.load()
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, EOFError) as error:
-        raise ImageError(f"{label}: truncated or corrupt image data ({error})") from None
+    except Image.DecompressionBombError:
+        raise ImageError(f"{label}: more pixels than the {MAX_PIXELS} pixel limit", "too_large") from None
+    except Exception as error:  # Pillow's decoders raise many types on crafted files
+        raise ImageError(f"{label}: truncated or corrupt image data ({type(error).__name__}: {error})") from None
     return image
 
 
@@ -155,7 +157,12 @@ def to_dataset_format(source: ImageSource, name: str | None = None) -> np.ndarra
         image = source
     else:
         image = open_image(source, name)
-    return _normalise(_reduce(_luminance(image)), name or "image")
+    try:
+        return _normalise(_reduce(_luminance(image)), name or "image")
+    except ImageError:
+        raise
+    except Exception as error:  # a decoded image whose data still cannot be converted
+        raise ImageError(f"{name or 'image'}: cannot convert the image ({type(error).__name__}: {error})") from None
 
 
 def _from_array(array: np.ndarray, name: str | None) -> Image.Image:

@@ -58,11 +58,18 @@ def default_dir(root: Path, model: str) -> Path:
 
 
 def newest(root: Path) -> Path:
-    """The most recently created finished run folder under `root`."""
-    finished = [p for p in root.glob("*") if (p / METADATA_FILE).is_file() and not p.name.endswith(PARTIAL)]
-    if not finished:
+    """The finished run folder under `root` that was trained last (by its recorded creation time)."""
+    created = {}
+    for folder in root.glob("*"):
+        if folder.name.endswith(PARTIAL) or not (folder / MODEL_FILE).is_file():
+            continue
+        try:
+            created[folder] = read_metadata(folder)["created"]
+        except (FmnistError, KeyError):
+            continue
+    if not created:
         raise FmnistError(f"no finished run under {root}/; train one first (fmnist train, or make serve)")
-    return max(finished, key=lambda p: (p / METADATA_FILE).stat().st_mtime)
+    return max(created, key=lambda folder: (created[folder], folder.name))
 
 
 def partial_path(final: Path) -> Path:

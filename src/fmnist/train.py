@@ -81,6 +81,8 @@ def fit(
             "seconds": time.perf_counter() - started,
         }
         history.append(row)
+        if checkpoint is not None:  # before the epoch is reported: a reported epoch is never lost
+            _save(checkpoint, model, optimizer, history)
         summary = (
             f"loss {row['loss']:.4f}  accuracy {row['accuracy']:.4f}  "
             f"val_loss {row['val_loss']:.4f}  val_accuracy {row['val_accuracy']:.4f}"
@@ -94,8 +96,6 @@ def fit(
             bar.close()
         else:
             print(f"epoch {epoch + 1}/{config.epochs}  {summary}  {row['seconds']:.1f}s", flush=True)
-        if checkpoint is not None:
-            _save(checkpoint, model, optimizer, history)
     return history
 
 

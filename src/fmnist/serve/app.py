@@ -33,6 +33,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
 from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -252,8 +253,10 @@ def create_app(settings: Settings, predictor: Predictor | None = None) -> FastAP
         explain: bool = Query(False, description="include the 28x28 image the model saw"),
         model: Predictor = Depends(ready_predictor),
     ) -> PredictResponse:
-        images = await _read_images(request)
-        probabilities = model.probabilities(images)
+        content_type, body = await _read_body(request)
+        # Decoding and inference run in a worker thread, so that the event loop
+        # keeps answering other requests (and health probes) meanwhile.
+        images, probabilities = await run_in_threadpool(_score, model, content_type, body)
         predictions = []
         for image, prediction in zip(images, model.top_k(probabilities, top_k)):
             seen = "data:image/png;base64," + base64.b64encode(_png(image)).decode() if explain else None
@@ -299,7 +302,7 @@ def create_app(settings: Settings, predictor: Predictor | None = None) -> FastAP
     async def gallery(model: Predictor = Depends(ready_predictor)) -> list[GalleryItem]:
         return [
             GalleryItem(label=label, index=index, url=f"/v1/gallery/{number}.png")
-            for number, (label, index, _) in enumerate(_gallery(state, model.class_names))
+            for number, (label, index, _) in enumerate(await run_in_threadpool(_gallery, state, model.class_names))
         ]
 
     @app.get(
@@ -308,7 +311,7 @@ def create_app(settings: Settings, predictor: Predictor | None = None) -> FastAP
         response_class=Response,
     )
     async def gallery_image(number: int, model: Predictor = Depends(ready_predictor)) -> Response:
-        images = _gallery(state, model.class_names)
+        images = await run_in_threadpool(_gallery, state, model.class_names)
         if not 0 <= number < len(images):
             raise ApiError(404, f"no gallery image {number}; there are {len(images)}")
         return Response(images[number][2], media_type="image/png")
@@ -332,35 +335,45 @@ def _serving_backend() -> str:
     return keras.backend.backend()
 
 
-async def _read_images(request: Request) -> np.ndarray:
-    """The request's image(s), as dataset-format uint8 (n, 28, 28); ApiError for anything wrong."""
+async def _read_body(request: Request) -> tuple[str, bytes]:
+    """The request's content type and the image or JSON bytes in it; ApiError for a malformed body."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    try:
-        if content_type == "multipart/form-data":
-            try:
-                form = await request.form(max_files=1, max_fields=4)
-            except (ValueError, KeyError, AssertionError) as error:
-                raise ApiError(400, f"malformed multipart body: {error}") from None
-            upload = form.get("file")
-            if not isinstance(upload, UploadFile):
-                raise ApiError(400, "the multipart body needs an image in a field named 'file'")
-            data = await upload.read()
-            return preprocess.to_dataset_format(data, name=upload.filename or "upload")[None]
-        if content_type in IMAGE_TYPES or content_type == "application/octet-stream":
-            return preprocess.to_dataset_format(await request.body(), name="upload")[None]
-        if content_type == "application/json":
-            return _json_images(await request.body())
-    except preprocess.ImageError as error:
-        raise ApiError(STATUS_OF_IMAGE_ERROR.get(error.kind, 400), str(error)) from None
+    if content_type == "multipart/form-data":
+        try:
+            form = await request.form(max_files=1, max_fields=4)
+        except (ValueError, KeyError, AssertionError) as error:
+            raise ApiError(400, f"malformed multipart body: {error}") from None
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):
+            raise ApiError(400, "the multipart body needs an image in a field named 'file'")
+        return "image", await upload.read()
+    if content_type in IMAGE_TYPES or content_type == "application/octet-stream":
+        return "image", await request.body()
+    if content_type == "application/json":
+        return "json", await request.body()
     accepted = ", ".join(("multipart/form-data", *IMAGE_TYPES, "application/json"))
     raise ApiError(415, f"unsupported content type {content_type or '(none)'!r}; send one of: {accepted}")
+
+
+def _score(model: Predictor, kind: str, body: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """Dataset-format images (n, 28, 28) from the body, and the model's probabilities for them."""
+    if kind == "json":
+        images = _json_images(body)
+    else:
+        try:
+            images = preprocess.to_dataset_format(body, name="upload")[None]
+        except preprocess.ImageError as error:
+            raise ApiError(STATUS_OF_IMAGE_ERROR.get(error.kind, 400), str(error)) from None
+    return images, model.probabilities(images)
 
 
 def _json_images(body: bytes) -> np.ndarray:
     try:
         document = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as error:
-        raise ApiError(400, f"the body is not valid JSON: {error}") from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as error:
+        raise ApiError(400, f"the body is not valid JSON: {str(error) or type(error).__name__}") from None
+    if b"true" in body or b"false" in body:  # the only strings allowed are the two keys, so these are booleans
+        raise ApiError(422, "every value must be a number within 0-255, not a boolean")
     if isinstance(document, dict) and set(document) == {"pixels"}:
         arrays = [document["pixels"]]
     elif isinstance(document, dict) and set(document) == {"instances"}:
@@ -371,7 +384,7 @@ def _json_images(body: bytes) -> np.ndarray:
         raise ApiError(422, 'expected {"pixels": [[...28 rows of 28 values...]]} or {"instances": [...]}')
     try:
         values = np.asarray(arrays)
-    except (ValueError, TypeError):  # ragged nesting
+    except (ValueError, TypeError, OverflowError, RecursionError):  # ragged or absurd nesting
         values = None
     if values is None or values.shape[1:] != (28, 28) or values.ndim != 3:
         raise ApiError(422, "every image must be 28 rows of 28 values")
@@ -406,5 +419,10 @@ def app_from_environment() -> FastAPI:
     """The uvicorn factory used by `fmnist serve` (its workers read the run from the environment)."""
     import os
 
-    return create_app(Settings(run_dir=Path(os.environ["FMNIST_SERVE_RUN"])))
+    from fmnist import models, runs
+
+    run_dir = Path(os.environ["FMNIST_SERVE_RUN"])
+    # Each worker process sets up its backend as the parent did (before Keras is imported there).
+    models.select_backend(runs.read_metadata(run_dir)["model"], os.environ.get("KERAS_BACKEND"), training=False)
+    return create_app(Settings(run_dir=run_dir))
 

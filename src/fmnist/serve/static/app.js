@@ -7,6 +7,16 @@ const MAX_BYTES = 10 * 1024 * 1024; // the server's body limit; checked here too
 function showError(message) {
   $("error").textContent = message;
   $("error").hidden = false;
+  $("seen").hidden = true; // no stale answer beside a new image
+  $("bars").replaceChildren();
+}
+
+let previewUrl = null; // the object URL of the image on show, released when replaced
+function preview(blob, url) {
+  if (previewUrl) URL.revokeObjectURL(previewUrl);
+  previewUrl = url ? null : URL.createObjectURL(blob);
+  $("original").src = url || previewUrl;
+  $("original").hidden = false;
 }
 
 function clearError() {
@@ -17,10 +27,9 @@ function percent(p) {
   return (100 * p).toFixed(1) + "%";
 }
 
-async function classify(blob, previewUrl) {
+async function classify(blob, url) {
   clearError();
-  $("original").src = previewUrl || URL.createObjectURL(blob);
-  $("original").hidden = false;
+  preview(blob, url);
   if (blob.size > MAX_BYTES) {
     showError(`That file is ${(blob.size / 1048576).toFixed(1)} MB; the limit is 10 MB. Try a smaller image.`);
     return;
@@ -184,6 +193,7 @@ async function loadCard() {
     list.append(dt, dd);
   }
   const body = document.querySelector("#per-class tbody");
+  body.replaceChildren();
   for (const row of card.per_class) {
     const tr = document.createElement("tr");
     for (const text of [row.label, percent(row.accuracy), row.f1.toFixed(3)]) {
