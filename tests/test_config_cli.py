@@ -53,7 +53,7 @@ def test_bad_settings_are_one_line_and_exit_2(
     "argv, expected",
     [
         (["train", "--epochs", "-3"], "expected a positive integer"),
-        (["train", "--model", "nope"], "unknown model 'nope'; known models: mlp"),
+        (["train", "--model", "nope"], "unknown model 'nope'; known models: cnn, mlp"),
         (["train", "--backend", "torch"], "unsupported backend 'torch'"),
         (["train", "--config", "/no/such/file.toml"], "config file not found"),
         (["train", "--no-such-flag"], "unrecognized arguments"),
@@ -74,6 +74,32 @@ def test_an_unreadable_config_file(tmp_path: Path) -> None:
     directory.mkdir()
     with pytest.raises(ConfigError, match="cannot read config file"):
         config.resolve(directory)
+
+
+@pytest.mark.parametrize("model", sorted(__import__("fmnist.models").models.MODELS))
+def test_every_model_has_a_valid_recipe(model: str) -> None:
+    settings = config.resolve(model=model)
+    assert settings.model == model
+    assert config.model_recipe(model), f"fmnist/configs/{model}.toml is missing"
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("optimizer = 'sgd'\n", "optimizer must be one of adam, adamw"),
+        ("schedule = 'step'\n", "schedule must be one of constant, cosine"),
+        ("label_smoothing = 1.0\n", "label_smoothing must be below 1"),
+        ("shift_pixels = 20\n", "shift_pixels must be within 0-8"),
+        ("flip = 'yes'\n", "flip must be true or false"),
+        ("schedule = 'cosine'\nwarmup_epochs = 20\n", "warmup_epochs must be shorter"),
+        ("weight_decay = -1\n", "weight_decay must be a number >= 0"),
+    ],
+)
+def test_bad_recipe_values_are_clear_errors(tmp_path: Path, text: str, expected: str) -> None:
+    path = tmp_path / "recipe.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=expected.replace("(", r"\(")):
+        config.resolve(path)
 
 
 def test_the_packaged_recipe_matches_the_defaults() -> None:

@@ -62,7 +62,7 @@ def test_save_and_load_give_identical_predictions(spec: models.ModelSpec, tmp_pa
 
 
 def test_unknown_model_names_are_a_clear_error() -> None:
-    with pytest.raises(ConfigError, match="unknown model 'vgg'; known models: mlp"):
+    with pytest.raises(ConfigError, match="unknown model 'vgg'; known models: cnn, mlp"):
         models.get("vgg")
 
 
@@ -72,3 +72,32 @@ def test_chunks_cover_every_image_once_including_a_partial_batch() -> None:
     seen = [chunk_labels for _, chunk_labels in train._chunks(images, labels, batch_size=32)]
     assert [chunk.shape for chunk in seen] == [(2, 32), (1, 6)]
     np.testing.assert_array_equal(np.concatenate([c.ravel() for c in seen]), labels)
+
+
+CROSS_BACKEND = """
+import sys, numpy as np
+from fmnist import models
+models.select_backend(sys.argv[1], "tensorflow", training=False)
+import keras
+keras.utils.set_random_seed(3)
+model = models.get(sys.argv[1]).build()
+model.save(sys.argv[2])
+images = np.random.default_rng(0).integers(0, 256, (64, 28, 28), dtype=np.uint8)
+np.save(sys.argv[3], models.compile_predict(model)(images))
+"""
+
+
+def test_a_model_saved_on_tensorflow_loads_on_jax_with_the_same_classes(spec, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    path, probabilities = tmp_path / "model.keras", tmp_path / "tf.npy"
+    subprocess.run(
+        [sys.executable, "-c", CROSS_BACKEND, spec.name, str(path), str(probabilities)],
+        check=True, capture_output=True, timeout=300,
+    )
+    images = np.random.default_rng(0).integers(0, 256, (64, 28, 28), dtype=np.uint8)
+    on_jax = models.compile_predict(keras.saving.load_model(path, safe_mode=True))(images)
+    on_tensorflow = np.load(probabilities)
+    np.testing.assert_array_equal(on_jax.argmax(axis=1), on_tensorflow.argmax(axis=1))
+    np.testing.assert_allclose(on_jax, on_tensorflow, atol=1e-5)

@@ -206,8 +206,11 @@ def _data(args: argparse.Namespace) -> int:
 def _models(args: argparse.Namespace) -> int:
     from fmnist import models
 
+    models.select_backend("mlp", "jax", training=False)
+    print(f"{'model':8s} {'parameters':>10s}  {'trains on':10s} description")
     for spec in models.MODELS.values():
-        print(f"{spec.name:10s} backend {spec.backend:10s} {spec.description}")
+        parameters = models.count_parameters(spec.build())
+        print(f"{spec.name:8s} {parameters:10,d}  {spec.backend:10s} {spec.description}")
     return 0
 
 

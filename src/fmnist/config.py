@@ -28,9 +28,18 @@ class TrainConfig:
     model: str = "mlp"
     epochs: int = 10
     batch_size: int = 32  # images per optimizer step
-    learning_rate: float = 0.001  # Adam's step size
+    learning_rate: float = 0.001  # the optimizer's (peak) step size
     validation_split: float = 0.2  # fraction of the training images held out, from the end
     seed: int = 42
+    optimizer: str = "adam"  # "adam" (Keras's defaults) or "adamw"
+    weight_decay: float = 0.0  # AdamW's decoupled decay, per step, scaled by the learning rate
+    schedule: str = "constant"  # "constant", or "cosine": linear warm-up, then cosine decay to 0
+    warmup_epochs: float = 0.0  # length of the warm-up of the cosine schedule
+    label_smoothing: float = 0.0  # weight moved from the true class to all classes uniformly
+    # Augmentation of the training images, drawn anew every epoch from (seed, epoch):
+    shift_pixels: int = 0  # random translation by up to this many pixels each way, zero-filled
+    flip: bool = False  # random horizontal flip of half the images
+    erase: float = 0.0  # probability of blanking one random rectangle (2-25% of the image) per image
     # Use only the first N training / test images (None: all). For quick checks;
     # a run trained on a subset says so in its metadata.
     train_images: int | None = None
@@ -53,6 +62,25 @@ class TrainConfig:
                 "validation_split must be a fraction in (0, 1). "
                 f"Received: validation_split={self.validation_split!r}"
             )
+        _check_choice("optimizer", self.optimizer, ("adam", "adamw"))
+        _check_choice("schedule", self.schedule, ("constant", "cosine"))
+        for name in ("weight_decay", "warmup_epochs", "label_smoothing", "erase"):
+            value = getattr(self, name)
+            if not _is_number(value) or value < 0:
+                raise ConfigError(f"{name} must be a number >= 0. Received: {name}={value!r}")
+        for name in ("label_smoothing", "erase"):
+            if getattr(self, name) >= 1:
+                raise ConfigError(f"{name} must be below 1. Received: {name}={getattr(self, name)!r}")
+        if self.warmup_epochs >= self.epochs and self.schedule == "cosine":
+            raise ConfigError(
+                f"warmup_epochs must be shorter than the run. Received: warmup_epochs={self.warmup_epochs!r}, "
+                f"epochs={self.epochs!r}"
+            )
+        _check_int("shift_pixels", self.shift_pixels)
+        if not 0 <= self.shift_pixels <= 8:
+            raise ConfigError(f"shift_pixels must be within 0-8. Received: shift_pixels={self.shift_pixels!r}")
+        if not isinstance(self.flip, bool):
+            raise ConfigError(f"flip must be true or false. Received: flip={self.flip!r}")
         for name in ("train_images", "test_images"):
             if getattr(self, name) is not None:
                 _check_positive_int(name, getattr(self, name))
@@ -63,6 +91,11 @@ class TrainConfig:
 
 def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}. Received: {name}={value!r}")
 
 
 def _check_int(name: str, value: object) -> None:

@@ -25,6 +25,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from fmnist.augment import augment
 from fmnist.config import TrainConfig
 from fmnist.models import NUM_CLASSES, compile_predict
 
@@ -48,8 +49,9 @@ def fit(
     `checkpoint` exists, training resumes from it; after every epoch the
     checkpoint is rewritten atomically.
     """
-    optimizer = keras.optimizers.Adam(learning_rate=config.learning_rate)
-    loss_fn = keras.losses.CategoricalCrossentropy()
+    steps_per_epoch = -(-len(x_fit) // config.batch_size)
+    optimizer = make_optimizer(config, steps_per_epoch)
+    loss_fn = keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing)
     optimizer.build(model.trainable_variables)
     kernel = _make_kernel(model, optimizer, loss_fn)
     history: list[dict[str, float]] = []
@@ -58,15 +60,17 @@ def fit(
         kernel.load()
     predict = compile_predict(model)
     y_val_onehot = np.eye(NUM_CLASSES, dtype=np.float32)[y_val]
-    steps_per_epoch = -(-len(x_fit) // config.batch_size)
+    validation_loss = keras.losses.CategoricalCrossentropy()  # plain cross-entropy, comparable across recipes
     on_terminal = sys.stderr.isatty()
 
     for epoch in range(len(history), config.epochs):
         started = time.perf_counter()
-        order = np.random.default_rng([config.seed, epoch]).permutation(len(x_fit))
+        rng = np.random.default_rng([config.seed, epoch])
+        order = rng.permutation(len(x_fit))
+        epoch_images = augment(x_fit[order], rng, config.shift_pixels, config.flip, config.erase)
         bar = _progress(epoch, config.epochs, steps_per_epoch, on_terminal)
         loss_sum, correct = 0.0, 0
-        for images, labels in _chunks(x_fit[order], y_fit[order], config.batch_size):
+        for images, labels in _chunks(epoch_images, y_fit[order], config.batch_size):
             chunk_loss, chunk_correct = kernel.train(images, labels)
             loss_sum, correct = loss_sum + chunk_loss, correct + chunk_correct
             bar.update(len(images))
@@ -76,7 +80,7 @@ def fit(
             "epoch": epoch + 1,
             "loss": loss_sum / len(x_fit),
             "accuracy": correct / len(x_fit),
-            "val_loss": float(loss_fn(y_val_onehot, probabilities)),
+            "val_loss": float(validation_loss(y_val_onehot, probabilities)),
             "val_accuracy": float(np.mean(probabilities.argmax(axis=1) == y_val)),
             "seconds": time.perf_counter() - started,
         }
@@ -97,6 +101,22 @@ def fit(
         else:
             print(f"epoch {epoch + 1}/{config.epochs}  {summary}  {row['seconds']:.1f}s", flush=True)
     return history
+
+
+def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> Any:
+    """The recipe's optimizer, with its learning-rate schedule over the whole run."""
+    learning_rate: Any = config.learning_rate
+    if config.schedule == "cosine":
+        warmup = int(round(config.warmup_epochs * steps_per_epoch))
+        learning_rate = keras.optimizers.schedules.CosineDecay(
+            initial_learning_rate=0.0 if warmup else config.learning_rate,
+            decay_steps=config.epochs * steps_per_epoch - warmup,
+            warmup_target=config.learning_rate if warmup else None,
+            warmup_steps=warmup,
+        )
+    if config.optimizer == "adamw":
+        return keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=config.weight_decay)
+    return keras.optimizers.Adam(learning_rate=learning_rate)
 
 
 def _chunks(images: np.ndarray, labels: np.ndarray, batch_size: int):
