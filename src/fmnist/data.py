@@ -219,7 +219,7 @@ def verify_payload(path: Path, spec: IdxFile, payload: bytes) -> np.ndarray:
     return array
 
 
-def _decoded_copy(path: Path, spec: IdxFile) -> tuple[Path, Path]:
+def _decoded_copy(spec: IdxFile) -> tuple[Path, Path]:
     decoded = cache_dir() / "decoded"
     return decoded / spec.name, decoded / f"{spec.name}.source.json"
 
@@ -240,7 +240,7 @@ def read_file(path: Path, spec: IdxFile) -> np.ndarray:
     """Read and verify one dataset file, using the decoded cache for .gz files."""
     if path.suffix != ".gz":
         return verify_payload(path, spec, _read_payload(path))
-    copy, stamp_file = _decoded_copy(path, spec)
+    copy, stamp_file = _decoded_copy(spec)
     stamp = _stamp(path)
     try:
         if json.loads(stamp_file.read_text()) == stamp:

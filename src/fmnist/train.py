@@ -5,8 +5,9 @@ compiled function that runs a whole chunk of optimizer steps per call
 (`jax.lax.scan` under `jax.jit` on JAX, a `tf.function` loop on TensorFlow),
 because at batch 32 the per-step overhead of `model.fit` costs more than the
 arithmetic. The kernel uses Keras's own model, loss and optimizer, so the math
-is Keras's: categorical cross-entropy on one-hot labels, Adam with Keras's
-defaults.
+is Keras's: categorical cross-entropy on one-hot labels (optionally smoothed),
+Adam or AdamW, a constant or cosine learning rate. Augmentation happens on the
+whole epoch's uint8 images before chunking (`augment.py`).
 
 The order of images in each epoch is drawn from `(seed, epoch)` alone, so a
 run resumed from its checkpoint continues exactly as if it had never stopped.
@@ -30,8 +31,6 @@ from fmnist.config import TrainConfig
 from fmnist.models import NUM_CLASSES, compile_predict
 
 CHUNK_STEPS = 250  # optimizer steps per compiled call: long enough to hide dispatch, short for the progress bar
-
-
 
 
 def fit(
