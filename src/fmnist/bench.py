@@ -225,11 +225,16 @@ def photos(
         "results": rows,
     }
     if markdown is not None:
-        markdown.parent.mkdir(parents=True, exist_ok=True)
-        markdown.with_suffix(".json").write_text(json.dumps(summary, indent=2) + "\n")
-        markdown.write_text(_photos_markdown(summary))
-        print(f"wrote {markdown} and {markdown.with_suffix('.json')}")
+        _write_report(markdown, summary, _photos_markdown(summary))
     return summary
+
+
+def _write_report(markdown: Path, summary: dict, text: str) -> None:
+    """A benchmark's page and, beside it, its figures as JSON."""
+    markdown.parent.mkdir(parents=True, exist_ok=True)
+    markdown.with_suffix(".json").write_text(json.dumps(summary, indent=2) + "\n")
+    markdown.write_text(text)
+    print(f"wrote {markdown} and {markdown.with_suffix('.json')}")
 
 
 def _photos_markdown(summary: dict) -> str:
@@ -402,10 +407,7 @@ def serve(run_dir: Path, seconds: int = 30, markdown: Path | None = Path("docs/S
     }
     print(f"server memory: {memory_warm:.0f} MB after warm-up, {memory_after:.0f} MB after {load_seconds:.0f} s load")
     if markdown is not None:
-        markdown.parent.mkdir(parents=True, exist_ok=True)
-        markdown.with_suffix(".json").write_text(json.dumps(summary, indent=2) + "\n")
-        markdown.write_text(_serve_markdown(summary))
-        print(f"wrote {markdown} and {markdown.with_suffix('.json')}")
+        _write_report(markdown, summary, _serve_markdown(summary))
     return summary
 
 
