@@ -80,6 +80,7 @@ def test_the_run_folder_is_complete(run_a: Path) -> None:
     page = (run_a / runs.REPORT_FILE).read_text()
     assert page.count("data:image/png;base64,") == 3 and "Ankle boot" in page
     assert f"{test['accuracy']:.2%}" in page
+    assert f"<title>fmnist run {run_a.name}</title>" in page
 
 
 def test_training_on_jax_does_not_import_tensorflow(run_a: Path) -> None:

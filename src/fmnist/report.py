@@ -58,7 +58,8 @@ def render(metadata: dict[str, Any], directory: Path, figures: dict[str, str]) -
         f"<h2>{titles[key]}</h2>\n{_image(directory / name, titles[key])}"
         for key, name in figures.items()
     )
-    title = f"fmnist run {html.escape(directory.name)}"
+    # Written while the folder still has its in-progress name; the page names the finished run.
+    title = f"fmnist run {html.escape(directory.name.removesuffix('.partial'))}"
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
