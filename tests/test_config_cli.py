@@ -93,6 +93,8 @@ def test_every_model_has_a_valid_recipe(model: str) -> None:
         ("flip = 'yes'\n", "flip must be true or false"),
         ("schedule = 'cosine'\nwarmup_epochs = 20\n", "warmup_epochs must be shorter"),
         ("weight_decay = -1\n", "weight_decay must be a number >= 0"),
+        ("weight_decay = 0.1\n", "weight_decay applies to optimizer = 'adamw' only"),
+        ("warmup_epochs = 1\n", "warmup_epochs applies to schedule = 'cosine' only"),
     ],
 )
 def test_bad_recipe_values_are_clear_errors(tmp_path: Path, text: str, expected: str) -> None:

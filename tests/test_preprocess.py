@@ -129,6 +129,7 @@ def png_declaring(width: int, height: int) -> bytes:
         (b"SIMPLE  =                    T" + b" " * 2850, "not an image in a supported format"),
         ("truncated", "truncated or corrupt"),
         ("bomb", "pixel limit"),
+        ("huge bomb", "pixel limit"),
         ("flat", "no garment found"),
     ],
 )
@@ -138,6 +139,8 @@ def test_bad_images_get_a_clear_error(payload: bytes | str, expected: str) -> No
         payload = full[: len(full) // 2]
     elif payload == "bomb":
         payload = png_declaring(7_000, 7_000)  # 49 million pixels: over our limit, under Pillow's own
+    elif payload == "huge bomb":
+        payload = png_declaring(20_000, 20_000)  # 400 million: Pillow refuses it first
     elif payload == "flat":
         payload = encode(Image.new("RGB", (50, 40), (200, 120, 30)))
     with pytest.raises(ImageError) as caught:

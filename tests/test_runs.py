@@ -113,11 +113,15 @@ def test_resume_after_kill_finishes_as_if_never_stopped(
     partial = runs.partial_path(out)
     assert partial.is_dir() and not out.exists()  # a killed run never looks finished
     assert (partial / runs.CHECKPOINT_FILE).is_file()
+    with np.load(partial / runs.CHECKPOINT_FILE) as checkpoint:
+        done = len(json.loads(checkpoint["history"].tobytes()))  # epochs completed before the kill
+    assert done >= 1
 
     capsys.readouterr()
     assert cli.main(["train", "--resume", str(partial)]) == 0
     resumed_output = capsys.readouterr().out
-    assert "epoch 1/3" not in resumed_output and "epoch 2/3" in resumed_output  # it continued, not restarted
+    assert f"epoch {done}/3" not in resumed_output  # it continued, not restarted
+    assert done == 3 or f"epoch {done + 1}/3" in resumed_output
     assert out.is_dir() and not partial.exists()
     resumed, uninterrupted = (json.loads((d / runs.METADATA_FILE).read_text()) for d in (out, run_a))
     assert resumed["metrics"] == uninterrupted["metrics"]
@@ -203,8 +207,12 @@ def test_newest_run_is_the_last_trained_and_partial_runs_are_not_evaluated(run_a
     for name, created in (("older", "2026-01-01T00:00:00Z"), ("newer", "2026-06-01T00:00:00Z")):
         shutil.copytree(run_a, tmp_path / name)
         metadata = json.loads((tmp_path / name / runs.METADATA_FILE).read_text())
-        runs.write_metadata(tmp_path / name, {**metadata, "created": created})
+        runs.write_metadata(tmp_path / name, {**metadata, "created": created, "finished": created})
     (tmp_path / "older" / runs.METADATA_FILE).touch()  # touched last, still older
     assert runs.newest(tmp_path) == tmp_path / "newer"
+    # A run that started earlier but finished later is the newer one.
+    metadata = json.loads((tmp_path / "older" / runs.METADATA_FILE).read_text())
+    runs.write_metadata(tmp_path / "older", {**metadata, "finished": "2026-07-01T00:00:00Z"})
+    assert runs.newest(tmp_path) == tmp_path / "older"
     shutil.copytree(run_a, tmp_path / "x.partial")
     assert cli.main(["evaluate", str(tmp_path / "x.partial")]) == 1

@@ -110,6 +110,7 @@ def bad_png() -> bytes:
     [
         (b"{not json", "application/json", 400, "not valid JSON"),
         (b"[" * 100_000 + b"]" * 100_000, "application/json", 400, "not valid JSON"),
+        (json.dumps({"pixels": [[True] + [5] * 27] * 28}).encode("utf-16"), "application/json", 400, "UTF-8"),
         (b'{"pixels": [' + b",".join([b"[true" + b",5" * 27 + b"]"] * 28) + b"]}", "application/json", 422,
          "boolean"),
         (json.dumps({"pixels": [[0] * 28] * 27}).encode(), "application/json", 422, "28 rows of 28"),

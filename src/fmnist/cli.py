@@ -30,6 +30,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, received {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, received {text!r}")
+    return value
+
+
 def _port(text: str) -> int:
     value = _positive_int(text)
     if value > 65535:
@@ -95,7 +105,7 @@ def _parser() -> argparse.ArgumentParser:
     photo_bench.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR")
     photo_bench.add_argument("--count", type=_positive_int, default=1000, help="photos to make (from test images)")
     photo_bench.add_argument("--speed-count", type=_positive_int, default=1000, help="800x600 JPEGs for the speed test")
-    photo_bench.add_argument("--seed", type=int, default=0)
+    photo_bench.add_argument("--seed", type=_non_negative_int, default=0)
     photo_bench.add_argument("--markdown", type=Path, default=Path("docs/PHOTOS.md"))
     serve_bench = benches.add_parser("serve", help="load-test fmnist serve with wrk on loopback")
     serve_bench.add_argument("run_dir", type=Path, metavar="RUN_DIR")

@@ -76,6 +76,14 @@ class TrainConfig:
                 f"warmup_epochs must be shorter than the run. Received: warmup_epochs={self.warmup_epochs!r}, "
                 f"epochs={self.epochs!r}"
             )
+        if self.weight_decay and self.optimizer != "adamw":
+            raise ConfigError(
+                f"weight_decay applies to optimizer = 'adamw' only. Received: optimizer={self.optimizer!r}"
+            )
+        if self.warmup_epochs and self.schedule != "cosine":
+            raise ConfigError(
+                f"warmup_epochs applies to schedule = 'cosine' only. Received: schedule={self.schedule!r}"
+            )
         _check_int("shift_pixels", self.shift_pixels)
         if not 0 <= self.shift_pixels <= 8:
             raise ConfigError(f"shift_pixels must be within 0-8. Received: shift_pixels={self.shift_pixels!r}")

@@ -87,6 +87,7 @@ def train_run(
     }
     runs.save_model(partial, model)
     runs.write_history(partial, history)
+    metadata["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     _score_and_report(partial, metadata, history, model, x_test, y_test)
     final = runs.finish(partial)
     accuracy = metadata["metrics"]["test"]["accuracy"]

@@ -58,15 +58,18 @@ def default_dir(root: Path, model: str) -> Path:
 
 
 def newest(root: Path) -> Path:
-    """The finished run folder under `root` that was trained last (by its recorded creation time)."""
+    """The finished run folder under `root` that finished training last (by its recorded times)."""
     created = {}
     for folder in root.glob("*"):
         if folder.name.endswith(PARTIAL) or not (folder / MODEL_FILE).is_file():
             continue
         try:
-            created[folder] = read_metadata(folder)["created"]
-        except (FmnistError, KeyError):
+            metadata = read_metadata(folder)
+        except FmnistError:
             continue
+        stamp = metadata.get("finished") or metadata.get("created")
+        if isinstance(stamp, str):
+            created[folder] = stamp
     if not created:
         raise FmnistError(f"no finished run under {root}/; train one first (fmnist train, or make serve)")
     return max(created, key=lambda folder: (created[folder], folder.name))

@@ -105,11 +105,12 @@ def fit(
 def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> Any:
     """The recipe's optimizer, with its learning-rate schedule over the whole run."""
     learning_rate: Any = config.learning_rate
-    if config.schedule == "cosine":
-        warmup = int(round(config.warmup_epochs * steps_per_epoch))
+    total = config.epochs * steps_per_epoch
+    if config.schedule == "cosine" and total > 1:
+        warmup = min(int(round(config.warmup_epochs * steps_per_epoch)), total - 1)  # at least one decay step
         learning_rate = keras.optimizers.schedules.CosineDecay(
             initial_learning_rate=0.0 if warmup else config.learning_rate,
-            decay_steps=config.epochs * steps_per_epoch - warmup,
+            decay_steps=total - warmup,
             warmup_target=config.learning_rate if warmup else None,
             warmup_steps=warmup,
         )

@@ -147,6 +147,7 @@ class State:
     def __init__(self) -> None:
         self.predictor: Predictor | None = None
         self.gallery: list[tuple[str, int, bytes]] | None = None  # (label, class index, PNG), made on first use
+        self.gallery_lock = threading.Lock()
         self.load_error: str | None = None
 
 
@@ -169,18 +170,20 @@ def _load(state: State, settings: Settings) -> None:
 
 def _gallery(state: State, class_names: list[str]) -> list[tuple[str, int, bytes]]:
     """A few test images per class, as PNGs, made once; none if the dataset is not installed."""
-    if state.gallery is None:
-        state.gallery = []
-        try:
-            from fmnist import data
+    with state.gallery_lock:  # requests arrive in several threads; the first one builds it
+        if state.gallery is None:
+            images: list[tuple[str, int, bytes]] = []
+            try:
+                from fmnist import data
 
-            dataset = data.load(download=False)
-        except Exception:  # the gallery is a convenience; the API works without the dataset
-            return state.gallery
-        for index, name in enumerate(class_names):
-            for position in np.flatnonzero(dataset.y_test == index)[:GALLERY_PER_CLASS]:
-                state.gallery.append((name, index, _png(dataset.x_test[position])))
-    return state.gallery
+                dataset = data.load(download=False)
+            except Exception:  # the gallery is a convenience; the API works without the dataset
+                dataset = None
+            for index, name in enumerate(class_names if dataset is not None else []):
+                for position in np.flatnonzero(dataset.y_test == index)[:GALLERY_PER_CLASS]:
+                    images.append((name, index, _png(dataset.x_test[position])))
+            state.gallery = images
+        return state.gallery
 
 
 def create_app(settings: Settings, predictor: Predictor | None = None) -> FastAPI:
@@ -369,10 +372,14 @@ def _score(model: Predictor, kind: str, body: bytes) -> tuple[np.ndarray, np.nda
 
 def _json_images(body: bytes) -> np.ndarray:
     try:
-        document = json.loads(body)
-    except (ValueError, UnicodeDecodeError, RecursionError) as error:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ApiError(400, "the JSON body must be UTF-8") from None
+    try:
+        document = json.loads(text)
+    except (ValueError, RecursionError) as error:
         raise ApiError(400, f"the body is not valid JSON: {str(error) or type(error).__name__}") from None
-    if b"true" in body or b"false" in body:  # the only strings allowed are the two keys, so these are booleans
+    if "true" in text or "false" in text:  # the only strings allowed are the two keys, so these are booleans
         raise ApiError(422, "every value must be a number within 0-255, not a boolean")
     if isinstance(document, dict) and set(document) == {"pixels"}:
         arrays = [document["pixels"]]
