@@ -7,6 +7,7 @@ medians, so that a noisy shared machine affects both alike.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import os
@@ -16,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from fmnist import FmnistError, data, environment
@@ -337,7 +339,6 @@ def serve(run_dir: Path, seconds: int = 30, markdown: Path | None = Path("docs/S
     again after all the load.
     """
     import shutil
-    import socket
 
     import numpy as np
     from PIL import Image
@@ -366,16 +367,7 @@ def serve(run_dir: Path, seconds: int = 30, markdown: Path | None = Path("docs/S
             ("800x600 JPEG", jpeg, "image/jpeg"),
             ("JSON batch of 32", batch, "application/json"),
         ]
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        server = subprocess.Popen(
-            [sys.executable, "-m", "fmnist", "serve", str(run_dir), "--port", str(port)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            _wait_ready(url)
+        with running_server(run_dir) as (url, server):
             # Warm-up: every payload once at concurrency 8, then memory is read.
             for _, body, content_type in payloads:
                 _wrk(url + "/v1/predict", body, content_type, 8, 3, script)
@@ -394,9 +386,6 @@ def serve(run_dir: Path, seconds: int = 30, markdown: Path | None = Path("docs/S
                     )
             load_seconds = time.perf_counter() - load_started
             memory_after = _rss_mb(server.pid)
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
     summary = {
         "machine": environment.machine(),
         "versions": environment.versions(),
@@ -409,6 +398,27 @@ def serve(run_dir: Path, seconds: int = 30, markdown: Path | None = Path("docs/S
     if markdown is not None:
         _write_report(markdown, summary, _serve_markdown(summary))
     return summary
+
+
+@contextlib.contextmanager
+def running_server(run_dir: Path) -> Iterator[tuple[str, subprocess.Popen]]:
+    """`fmnist serve RUN_DIR` on a free loopback port, ready; stopped on exit. Yields (url, process)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "fmnist", "serve", str(run_dir), "--port", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_ready(url)
+        yield url, server
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
 
 
 def _wait_ready(url: str, timeout: float = 120.0) -> None:
