@@ -57,6 +57,9 @@ def test_bad_settings_are_one_line_and_exit_2(
         (["train", "--backend", "torch"], "unsupported backend 'torch'"),
         (["train", "--config", "/no/such/file.toml"], "config file not found"),
         (["train", "--no-such-flag"], "unrecognized arguments"),
+        (["train", "--time-limit", "0"], "expected a positive number"),
+        (["bench", "accuracy", "--models", "mlp,vgg"], "unknown model 'vgg'"),
+        (["bench", "accuracy", "--models", ","], "expected comma-separated names"),
         (["frobnicate"], "invalid choice"),
     ],
 )
@@ -95,6 +98,8 @@ def test_every_model_has_a_valid_recipe(model: str) -> None:
         ("weight_decay = -1\n", "weight_decay must be a number >= 0"),
         ("weight_decay = 0.1\n", "weight_decay applies to optimizer = 'adamw' only"),
         ("warmup_epochs = 1\n", "warmup_epochs applies to schedule = 'cosine' only"),
+        ("precision = 'float16'\n", "precision must be one of float32, bfloat16"),
+        ("flip_average = 1\n", "flip_average must be true or false"),
     ],
 )
 def test_bad_recipe_values_are_clear_errors(tmp_path: Path, text: str, expected: str) -> None:

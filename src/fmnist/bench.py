@@ -1,4 +1,4 @@
-"""Benchmarks with their own command: `fmnist bench speed`.
+"""Benchmarks with their own command: `fmnist bench speed|accuracy|photos|serve`.
 
 Speed is measured as whole processes, import to exit, alternating the two
 contenders on the same machine in one invocation, and quoted as a ratio of
@@ -12,6 +12,7 @@ import gzip
 import json
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -285,6 +286,242 @@ def _photos_markdown(summary: dict) -> str:
     return "\n".join(lines)
 
 
+# Zalando's benchmark table for Fashion-MNIST (github.com/zalandoresearch/fashion-mnist).
+REFERENCES = (("SVC (Zalando table)", 0.897), ("ResNet18 (Zalando table)", 0.949), ("WRN40-4 (Zalando table)", 0.967))
+
+
+def accuracy(
+    model_names: list[str],
+    seeds: int = 3,
+    budget_minutes: float | None = None,
+    runs_root: Path = Path("runs"),
+    markdown: Path | None = Path("docs/BENCHMARKS.md"),
+    resume: Path | None = None,
+) -> dict[str, object]:
+    """Train each model with its recipe once per seed (0, 1, ...); tabulate and plot the results.
+
+    Each run is a whole `fmnist train` process, timed import to exit, on the
+    model's own training backend, in a new folder `runs/bench-<UTC time>/`.
+    With `budget_minutes`, each run trains for at most that many minutes
+    (`fmnist train --time-limit`). Inference speed is measured on the first
+    seed's saved model, on the 10,000 test images, in this process.
+
+    A benchmark can take hours, so it keeps a ledger (`bench.json` in its
+    folder) and rewrites the report after every run; `resume` (that folder)
+    continues an interrupted benchmark without retraining finished runs.
+    """
+    from fmnist import models, runs
+    from fmnist.predict import Predictor
+
+    specs = [models.get(name) for name in model_names]  # unknown names fail before any training
+    if resume is not None:
+        root = resume
+        ledger = _read_ledger(root / "bench.json")
+        if ledger["budget_minutes"] != budget_minutes:
+            raise FmnistError(
+                f"{root} was run with --budget-minutes {ledger['budget_minutes']}; resume it with the same budget"
+            )
+    else:
+        root = runs_root / time.strftime("bench-%Y%m%dT%H%M%SZ", time.gmtime())
+        root.mkdir(parents=True)
+        ledger = {"budget_minutes": budget_minutes, "runs": [], "inference_images_per_second": {}}
+    env = {key: value for key, value in os.environ.items() if key != "KERAS_BACKEND"}
+    x_test = data.load().x_test
+    command = f"fmnist bench accuracy --models {','.join(model_names)} --seeds {seeds}" + (
+        f" --budget-minutes {budget_minutes:g}" if budget_minutes is not None else ""
+    )
+    summary: dict[str, object] = {}
+    for spec in specs:
+        for seed in range(seeds):
+            if any(run["model"] == spec.name and run["seed"] == seed for run in ledger["runs"]):
+                continue
+            out = root / f"{spec.name}-seed{seed}"
+            shutil.rmtree(out.with_name(out.name + runs.PARTIAL), ignore_errors=True)  # its time is lost: retrain
+            train = [
+                sys.executable, "-m", "fmnist", "train", "--model", spec.name, "--seed", str(seed), "--out", str(out)
+            ]
+            if budget_minutes is not None:
+                train += ["--time-limit", f"{budget_minutes:g}"]
+            timed = _timed(train, Path.cwd(), env, r"test accuracy ([\d.]+)")
+            metadata = runs.read_metadata(out)
+            run = {
+                "model": spec.name,
+                "seed": seed,
+                "run": str(out),
+                "minutes": timed["seconds"] / 60,
+                "fit_minutes": metadata["timings"]["fit_seconds"] / 60,
+                "peak_mb": timed["peak_mb"],
+                "epochs_trained": len(metadata["timings"]["epoch_seconds"]),
+                "test_accuracy": metadata["metrics"]["test"]["accuracy"],
+                "validation_accuracy": metadata["metrics"]["validation"]["accuracy"],
+            }
+            ledger["runs"].append(run)
+            if spec.name not in ledger["inference_images_per_second"]:
+                ledger["inference_images_per_second"][spec.name] = _inference_speed(Predictor.from_run(out), x_test)
+            runs.write_bytes(root / "bench.json", (json.dumps(ledger, indent=2) + "\n").encode())
+            print(
+                f"{spec.name:8s} seed {seed}  {run['minutes']:6.2f} min  "
+                f"test {run['test_accuracy']:.2%}  validation {run['validation_accuracy']:.2%}",
+                flush=True,
+            )
+            summary = _accuracy_summary(ledger, specs, root, command)
+            if markdown is not None:
+                _write_accuracy_report(markdown, summary)
+    return summary or _accuracy_summary(ledger, specs, root, command)
+
+
+def _read_ledger(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise FmnistError(f"{path.parent} is not a benchmark folder to resume ({path.name}: {error})") from None
+
+
+def _accuracy_summary(ledger: dict, specs: list, root: Path, command: str) -> dict[str, object]:
+    """The benchmark's figures so far, per model, from its ledger and its runs' metadata."""
+    import numpy as np
+
+    from fmnist import runs
+
+    results = []
+    for spec in specs:
+        model_runs = sorted((run for run in ledger["runs"] if run["model"] == spec.name), key=lambda run: run["seed"])
+        if not model_runs:
+            continue
+        first = runs.read_metadata(Path(model_runs[0]["run"]))
+        test = np.array([run["test_accuracy"] for run in model_runs])
+        results.append({
+            "model": spec.name,
+            "description": spec.description,
+            "parameters": first["parameters"],
+            "backend": first["backend"],
+            "recipe": first["config"],
+            "selection": first["selection"],
+            "runs": model_runs,
+            "test_accuracy_mean": float(test.mean()),
+            "test_accuracy_std": float(test.std(ddof=1)) if len(test) > 1 else None,
+            "validation_accuracy_mean": float(np.mean([run["validation_accuracy"] for run in model_runs])),
+            "minutes_mean": float(np.mean([run["minutes"] for run in model_runs])),
+            "inference_images_per_second": ledger["inference_images_per_second"][spec.name],
+        })
+    return {
+        "machine": environment.machine(),
+        "versions": environment.versions(),
+        "command": command,
+        "runs_folder": str(root),
+        "budget_minutes": ledger["budget_minutes"],
+        "references": [{"label": label, "test_accuracy": value} for label, value in REFERENCES],
+        "results": results,
+    }
+
+
+def _write_accuracy_report(markdown: Path, summary: dict) -> None:
+    from fmnist import plots
+
+    figure = markdown.with_name("accuracy_vs_time.png")
+    markdown.parent.mkdir(parents=True, exist_ok=True)
+    plots.save(plots.accuracy_vs_time(summary["results"], REFERENCES), figure)
+    _write_report(markdown, summary, _accuracy_markdown(summary, figure.name))
+
+
+def _inference_speed(predictor, images) -> float:
+    """Test images per second through a run's saved model: median of 3 passes after a warm-up."""
+    predictor.probabilities(images[:1000])
+    timings = []
+    for _ in range(3):
+        started = time.perf_counter()
+        predictor.probabilities(images)
+        timings.append(time.perf_counter() - started)
+    return len(images) / statistics.median(timings)
+
+
+def _recipe_words(recipe: dict) -> str:
+    """A recipe in a few words: what differs from the reference model's defaults."""
+    words = [
+        f"{recipe['epochs']} epochs", f"batch {recipe['batch_size']}",
+        f"{recipe['optimizer']} lr {recipe['learning_rate']:g}",
+    ]
+    if recipe["weight_decay"]:
+        words.append(f"weight decay {recipe['weight_decay']:g}")
+    if recipe["schedule"] != "constant":
+        words.append(f"{recipe['schedule']} schedule, {recipe['warmup_epochs']:g}-epoch warm-up")
+    if recipe["label_smoothing"]:
+        words.append(f"label smoothing {recipe['label_smoothing']:g}")
+    augment = [f"shifts of up to {recipe['shift_pixels']} px"] if recipe["shift_pixels"] else []
+    augment += ["flips"] if recipe["flip"] else []
+    augment += [f"erasing p={recipe['erase']:g}"] if recipe["erase"] else []
+    if augment:
+        words.append("augmentation: " + ", ".join(augment))
+    if recipe.get("precision", "float32") != "float32":
+        words.append(f"{recipe['precision']} compute")
+    if recipe.get("flip_average"):
+        words.append("prediction averaged with the mirror image")
+    return "; ".join(words)
+
+
+def _accuracy_markdown(summary: dict, figure: str) -> str:
+    import numpy as np
+
+    machine = summary["machine"]
+    lines = [
+        "# Accuracy against training time",
+        "",
+        "Produced by `fmnist bench accuracy`; do not edit by hand. Command:",
+        "",
+        f"    {summary['command']}",
+        "",
+        "Each model is trained with its own recipe once per seed, each run a whole `fmnist train` process "
+        "(training time = import to exit: data, training, scoring, figures). Test accuracy is the mean ± "
+        "standard deviation over the seeds on the 10,000 test images, each scored once, after training ended; "
+        "validation accuracy is on the last 12,000 training images, which are never trained on. "
+        "Inference: the first seed's saved model, 10,000 test images, median of 3 passes.",
+        "",
+        "| model | parameters | trains on | epochs | training time (min) | test accuracy | validation accuracy | "
+        "inference images/s |",
+        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for result in summary["results"]:
+        runs = result["runs"]
+        trained = sorted({run["epochs_trained"] for run in runs})
+        epochs = "/".join(map(str, trained))
+        if trained != [result["recipe"]["epochs"]]:
+            epochs += f" of {result['recipe']['epochs']}"
+        spread = f" ± {100 * result['test_accuracy_std']:.2f}" if result["test_accuracy_std"] is not None else ""
+        minutes = [run["minutes"] for run in runs]
+        lines.append(
+            f"| {result['model']} | {result['parameters']:,} | {result['backend']} | {epochs} | "
+            f"{np.mean(minutes):.2f} ({min(minutes):.2f}-{max(minutes):.2f}) | "
+            f"{100 * result['test_accuracy_mean']:.2f}%{spread} (n={len(runs)}) | "
+            f"{100 * result['validation_accuracy_mean']:.2f}% | {result['inference_images_per_second']:,.0f} |"
+        )
+    references = ", ".join(
+        f"{ref['label'].split(' (')[0]} {100 * ref['test_accuracy']:.1f}%" for ref in summary["references"]
+    )
+    lines += ["", f"![test accuracy against training minutes]({figure})", "", f"Zalando's table: {references}."]
+    lines += ["", "## Recipes", ""]
+    for result in summary["results"]:
+        lines.append(f"- **{result['model']}** ({result['description']}): {_recipe_words(result['recipe'])}. "
+                     f"Final model: {result['selection']}.")
+    lines += [
+        "", "## Every run", "",
+        "| model | seed | minutes | epochs | test accuracy | validation accuracy | peak memory (MB) |",
+    ]
+    lines += ["| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for result in summary["results"]:
+        for run in result["runs"]:
+            lines.append(
+                f"| {result['model']} | {run['seed']} | {run['minutes']:.2f} | {run['epochs_trained']} | "
+                f"{100 * run['test_accuracy']:.2f}% | {100 * run['validation_accuracy']:.2f}% | {run['peak_mb']:.0f} |"
+            )
+    versions = ", ".join(f"{name} {version}" for name, version in summary["versions"].items())
+    lines += [
+        "",
+        f"Machine: {machine['cpu']}, {machine['cores']} cores, {machine['platform']}. Versions: {versions}.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
 WRK_SCRIPT = """
 wrk.method = "POST"
 wrk.headers["Content-Type"] = os.getenv("FMNIST_CONTENT_TYPE")
@@ -338,7 +575,6 @@ def serve(run_dir: Path, seconds: int = 30, markdown: Path | None = Path("docs/S
     batch of 32 test images. The server's memory is read after warm-up and
     again after all the load.
     """
-    import shutil
 
     import numpy as np
     from PIL import Image

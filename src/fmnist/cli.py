@@ -40,6 +40,25 @@ _positive_int = _integer_from(1)
 _non_negative_int = _integer_from(0)
 
 
+def _positive_float(text: str) -> float:
+    """An argparse type: a finite number above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, received {text!r}")
+    return value
+
+
+def _names(text: str) -> list[str]:
+    """An argparse type: a comma-separated list of names."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected comma-separated names, received {text!r}")
+    return names
+
+
 def _port(text: str) -> int:
     value = _positive_int(text)
     if value > 65535:
@@ -63,6 +82,8 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--train-images", type=_positive_int, help="use only the first N training images")
     train.add_argument("--test-images", type=_positive_int, help="use only the first N test images")
     train.add_argument("--backend", help="Keras backend: jax or tensorflow (default: the model's fastest)")
+    train.add_argument("--time-limit", type=_positive_float, metavar="MINUTES",
+                       help="stop training after the last epoch that fits in this many minutes")
     train.add_argument("--out", type=Path, help="run folder (default: runs/<UTC time>-<model>)")
     train.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue an unfinished run")
     train.add_argument("--data-dir", type=Path, help="directory with the four IDX files")
@@ -101,6 +122,18 @@ def _parser() -> argparse.ArgumentParser:
     speed = benches.add_parser("speed", help="fmnist train vs. the seed script, whole processes")
     speed.add_argument("--repeats", type=_positive_int, default=3)
     speed.add_argument("--json", type=Path, help="also write the results to this file")
+    accuracy_bench = benches.add_parser(
+        "accuracy", help="train every model per seed; table and plot of accuracy against training time"
+    )
+    accuracy_bench.add_argument("--models", type=_names, help="comma-separated model names (default: all registered)")
+    accuracy_bench.add_argument("--seeds", type=_positive_int, default=3, help="runs per model, seeds 0, 1, ...")
+    accuracy_bench.add_argument("--budget-minutes", type=_positive_float, metavar="M",
+                                help="train each run for at most M minutes (fmnist train --time-limit)")
+    accuracy_bench.add_argument("--runs-dir", type=Path, default=Path("runs"),
+                                help="where its bench-<time> folder goes")
+    accuracy_bench.add_argument("--markdown", type=Path, default=Path("docs/BENCHMARKS.md"))
+    accuracy_bench.add_argument("--resume", type=Path, metavar="BENCH_DIR",
+                                help="continue an interrupted benchmark (its runs/bench-<time> folder)")
     photo_bench = benches.add_parser("photos", help="accuracy on realistic photos vs. 28x28 images, and speed")
     photo_bench.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR")
     photo_bench.add_argument("--count", type=_positive_int, default=1000, help="photos to make (from test images)")
@@ -137,7 +170,8 @@ def _train(args: argparse.Namespace) -> int:
     from fmnist import experiment, plots
 
     final = experiment.train_run(
-        settings or config.TrainConfig(), out=args.out, data_dir=args.data_dir, resume=args.resume
+        settings or config.TrainConfig(), out=args.out, data_dir=args.data_dir, resume=args.resume,
+        time_limit=None if args.time_limit is None else 60 * args.time_limit,
     )
     if args.show and not plots.show([final / runs.FIGURES["curves"]]):
         print(f"no display: open {final / runs.REPORT_FILE} or the PNG files in {final}")
@@ -235,6 +269,16 @@ def _bench(args: argparse.Namespace) -> int:
         return 0
     from fmnist import models, runs
 
+    if args.bench == "accuracy":
+        names = args.models or list(models.MODELS)
+        for name in names:
+            models.get(name)  # an unknown name fails here, before any training
+        models.select_backend(names[0], None, training=False)  # this process only measures inference
+        from fmnist import bench
+
+        bench.accuracy(names, seeds=args.seeds, budget_minutes=args.budget_minutes,
+                       runs_root=args.runs_dir, markdown=args.markdown, resume=args.resume)
+        return 0
     names = {runs.read_metadata(run_dir)["model"] for run_dir in args.run_dirs}
     models.select_backend(sorted(names)[0], None, training=False)
     from fmnist import bench

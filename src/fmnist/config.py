@@ -19,6 +19,7 @@ from typing import Any
 from fmnist import ConfigError
 
 BACKENDS = ("jax", "tensorflow")
+PRECISIONS = ("float32", "bfloat16")
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,12 @@ class TrainConfig:
     shift_pixels: int = 0  # random translation by up to this many pixels each way, zero-filled
     flip: bool = False  # random horizontal flip of half the images
     erase: float = 0.0  # probability of blanking one random rectangle (2-25% of the image) per image
+    # "bfloat16": compute in bfloat16 while training, keeping float32 weights (Keras's
+    # mixed_bfloat16); the saved model is float32 either way.
+    precision: str = "float32"
+    # Test-time augmentation: the saved model averages its probabilities over each
+    # image and its mirror image (for models trained with flip = true).
+    flip_average: bool = False
     # Use only the first N training / test images (None: all). For quick checks;
     # a run trained on a subset says so in its metadata.
     train_images: int | None = None
@@ -64,6 +71,7 @@ class TrainConfig:
             )
         _check_choice("optimizer", self.optimizer, ("adam", "adamw"))
         _check_choice("schedule", self.schedule, ("constant", "cosine"))
+        _check_choice("precision", self.precision, PRECISIONS)
         for name in ("weight_decay", "warmup_epochs", "label_smoothing", "erase"):
             value = getattr(self, name)
             if not _is_number(value) or value < 0:
@@ -87,8 +95,9 @@ class TrainConfig:
         _check_int("shift_pixels", self.shift_pixels)
         if not 0 <= self.shift_pixels <= 8:
             raise ConfigError(f"shift_pixels must be within 0-8. Received: shift_pixels={self.shift_pixels!r}")
-        if not isinstance(self.flip, bool):
-            raise ConfigError(f"flip must be true or false. Received: flip={self.flip!r}")
+        for name in ("flip", "flip_average"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be true or false. Received: {name}={getattr(self, name)!r}")
         for name in ("train_images", "test_images"):
             if getattr(self, name) is not None:
                 _check_positive_int(name, getattr(self, name))

@@ -28,8 +28,12 @@ def train_run(
     runs_root: Path = Path("runs"),
     data_dir: Path | None = None,
     resume: Path | None = None,
+    time_limit: float | None = None,
 ) -> Path:
-    """Train `config` (or continue the unfinished run `resume`) and return the finished run folder."""
+    """Train `config` (or continue the unfinished run `resume`) and return the finished run folder.
+
+    `time_limit`: the most seconds of training (see `train.fit`).
+    """
     started = time.perf_counter()
     if resume is not None:
         partial = runs.find_partial(resume)
@@ -69,17 +73,23 @@ def train_run(
     data_seconds = time.perf_counter() - started
 
     keras.utils.set_random_seed(config.seed)
-    model = models.get(config.model).build()
+    model = models.build(config.model, config.precision)
     metadata["parameters"] = models.count_parameters(model)
     fit_started = time.perf_counter()
     history = train.fit(
-        config, model, x_fit, y_fit, x_val, y_val, checkpoint=partial / runs.CHECKPOINT_FILE
+        config, model, x_fit, y_fit, x_val, y_val, checkpoint=partial / runs.CHECKPOINT_FILE,
+        time_limit=time_limit,
     )
     fit_seconds = time.perf_counter() - fit_started
-    metadata["selection"] = "the model after the last epoch (no early stopping)"
-    metadata["metrics"] = {
-        "validation": {"loss": history[-1]["val_loss"], "accuracy": history[-1]["val_accuracy"]}
-    }
+    model = models.for_inference(model, config.model, config.flip_average)  # what is saved, scored and served
+    if len(history) == config.epochs:
+        metadata["selection"] = "the model after the last epoch (no early stopping)"
+    else:
+        metadata["selection"] = (
+            f"the model after epoch {len(history)} of {config.epochs}: "
+            f"training stopped at its time limit of {time_limit / 60:g} minutes"
+        )
+    metadata["metrics"] = {"validation": _validation_metrics(model, x_val, y_val)}
     metadata["timings"] = {
         "data_seconds": data_seconds,
         "fit_seconds": fit_seconds,
@@ -144,6 +154,13 @@ def _score_and_report(
     )
     metadata["timings"]["report_seconds"] = time.perf_counter() - started
     runs.write_metadata(directory, metadata)
+
+
+def _validation_metrics(model: keras.Model, x_val: np.ndarray, y_val: np.ndarray) -> dict[str, float]:
+    """The saved model's validation loss and accuracy (the history's last row is the training model's)."""
+    probabilities = models.compile_predict(model)(x_val)
+    loss = keras.losses.CategoricalCrossentropy()(np.eye(models.NUM_CLASSES, dtype=np.float32)[y_val], probabilities)
+    return {"loss": float(loss), "accuracy": float(np.mean(probabilities.argmax(axis=1) == y_val))}
 
 
 def _read_history(directory: Path) -> list[dict[str, float]]:

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     import keras
 
 NUM_CLASSES = 10
+RESNET_WIDTH = 32  # channels of the best model's first layer
 
 
 @dataclass(frozen=True)
@@ -54,31 +55,81 @@ def build_mlp() -> keras.Model:
     )
 
 
-def build_cnn() -> keras.Model:
-    """A fast convolutional net: 3x3 convolutions with BatchNorm, 32-32 | 64-64 | 128, global pooling.
-
-    141K parameters; trains at about 1,000 images/s on 2 CPU cores with TensorFlow.
-    """
+def _conv_bn_relu(x, filters: int, name: str):
+    """3x3 convolution (no bias: BatchNorm shifts), BatchNorm, ReLU."""
     import keras
 
-    def block(x, filters: int, name: str):
-        x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv")(x)
-        x = keras.layers.BatchNormalization(name=f"{name}_bn")(x)
-        return keras.layers.ReLU(name=f"{name}_relu")(x)
+    from fmnist.layers import BatchNorm
+
+    x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv")(x)
+    x = BatchNorm(name=f"{name}_bn")(x)
+    return keras.layers.ReLU(name=f"{name}_relu")(x)
+
+
+def _images():
+    """The uint8 input and its scaled (28, 28, 1) float view."""
+    import keras
 
     images = keras.Input(shape=(28, 28), dtype="uint8", name="image")
     x = keras.layers.Rescaling(1.0 / 255.0, name="scale")(images)
-    x = keras.layers.Reshape((28, 28, 1), name="channels")(x)  # (28, 28, 1)
-    x = block(x, 32, "b1a")
-    x = block(x, 32, "b1b")
+    return images, keras.layers.Reshape((28, 28, 1), name="channels")(x)
+
+
+def _probabilities(x):
+    """The classifier; in float32 even when the rest computes in bfloat16."""
+    import keras
+
+    return keras.layers.Dense(NUM_CLASSES, activation="softmax", dtype="float32", name="probabilities")(x)
+
+
+def build_cnn() -> keras.Model:
+    """The fast model: 3x3 convolutions with BatchNorm, 32-32 | 64-64 | 128, a 3x3x128 map into the classifier.
+
+    151K parameters. Flattening the last map keeps where things are (a collar,
+    a heel), which global pooling would average away: measured on the
+    validation split, 93.8% against 93.2% for the same net with global pooling.
+    """
+    import keras
+
+    images, x = _images()  # (28, 28, 1)
+    x = _conv_bn_relu(x, 32, "b1a")
+    x = _conv_bn_relu(x, 32, "b1b")
     x = keras.layers.MaxPooling2D(name="pool1")(x)  # (14, 14, 32)
-    x = block(x, 64, "b2a")
-    x = block(x, 64, "b2b")
+    x = _conv_bn_relu(x, 64, "b2a")
+    x = _conv_bn_relu(x, 64, "b2b")
     x = keras.layers.MaxPooling2D(name="pool2")(x)  # (7, 7, 64)
-    x = block(x, 128, "b3")
-    x = keras.layers.GlobalAveragePooling2D(name="pool3")(x)  # (128,)
-    outputs = keras.layers.Dense(NUM_CLASSES, activation="softmax", name="probabilities")(x)
-    return keras.Model(images, outputs, name="cnn")
+    x = _conv_bn_relu(x, 128, "b3")
+    x = keras.layers.MaxPooling2D(name="pool3")(x)  # (3, 3, 128)
+    x = keras.layers.Flatten(name="flatten")(x)  # (1152,)
+    return keras.Model(images, _probabilities(x), name="cnn")
+
+
+def build_resnet(width: int = RESNET_WIDTH) -> keras.Model:
+    """The best model: a ResNet-9-style net, widths w | 2w + residual | 4w + residual | 8w + residual.
+
+    Each stage is a convolution, 2x2 max pooling, then (from the second) a
+    residual block of two convolutions; global max pooling feeds the classifier.
+    """
+    import keras
+
+    def residual(x, filters: int, name: str):
+        y = _conv_bn_relu(x, filters, f"{name}a")
+        y = _conv_bn_relu(y, filters, f"{name}b")
+        return keras.layers.Add(name=f"{name}_add")([x, y])
+
+    images, x = _images()  # (28, 28, 1)
+    x = _conv_bn_relu(x, width, "prep")
+    x = _conv_bn_relu(x, 2 * width, "s1")
+    x = keras.layers.MaxPooling2D(name="pool1")(x)  # (14, 14, 2w)
+    x = residual(x, 2 * width, "r1")
+    x = _conv_bn_relu(x, 4 * width, "s2")
+    x = keras.layers.MaxPooling2D(name="pool2")(x)  # (7, 7, 4w)
+    x = residual(x, 4 * width, "r2")
+    x = _conv_bn_relu(x, 8 * width, "s3")
+    x = keras.layers.MaxPooling2D(name="pool3")(x)  # (3, 3, 8w)
+    x = residual(x, 8 * width, "r3")
+    x = keras.layers.GlobalMaxPooling2D(name="pool4")(x)  # (8w,)
+    return keras.Model(images, _probabilities(x), name="resnet")
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -95,10 +146,52 @@ MODELS: dict[str, ModelSpec] = {
             "cnn",
             build_cnn,
             backend="tensorflow",  # oneDNN convolutions: 3-4x faster than XLA's on this CPU
-            description="a fast CNN (5 conv layers with BatchNorm, global pooling; cosine AdamW, shifts, flips)",
+            description="the fast model: a 5-layer CNN with BatchNorm (bfloat16 training, flip averaging)",
+        ),
+        ModelSpec(
+            "resnet",
+            build_resnet,
+            backend="tensorflow",
+            description="the best model: a ResNet-9-style residual net (bfloat16 training, flip averaging)",
         ),
     ]
 }
+
+
+def build(name: str, precision: str = "float32") -> keras.Model:
+    """A new model `name`, computing in `precision` (its weights are float32 either way)."""
+    import keras
+
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_bfloat16" if precision == "bfloat16" else "float32")
+    try:
+        return get(name).build()
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def for_inference(model: keras.Model, name: str, flip_average: bool = False) -> keras.Model:
+    """The model to save, score and serve, from a trained `model`.
+
+    Always float32 (a copy with the same weights if it trained in bfloat16).
+    With `flip_average`, it averages the probabilities of each image and its
+    mirror image (test-time augmentation, for models trained with flips), so
+    every user of the saved file gets the same predictions the test set got.
+    """
+    import keras
+
+    from fmnist.layers import Mirror
+
+    if model.dtype_policy.name != "float32":
+        copy = build(name)
+        copy.set_weights(model.get_weights())
+        model = copy
+    if not flip_average:
+        return model
+    images = keras.Input(shape=(28, 28), dtype="uint8", name="image")
+    mirrored = Mirror(name="mirror")(images)
+    probabilities = keras.layers.Average(name="flip_average")([model(images), model(mirrored)])
+    return keras.Model(images, probabilities, name=model.name)
 
 
 def get(name: str) -> ModelSpec:

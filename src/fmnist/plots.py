@@ -118,6 +118,39 @@ def what_the_model_sees(
     return figure
 
 
+def accuracy_vs_time(
+    results: Sequence[dict], references: Sequence[tuple[str, float]] = ()
+) -> Figure:
+    """Test accuracy against training minutes: each run a dot, each model's mean a cross.
+
+    `results`: one dict per model with "model" and "runs", each run having
+    "minutes" and "test_accuracy". `references`: (label, accuracy) drawn as
+    labelled horizontal lines.
+    """
+    figure = _figure(8, 5)
+    axes = figure.subplots()
+    for result in results:
+        minutes = [run["minutes"] for run in result["runs"]]
+        accuracy = [100 * run["test_accuracy"] for run in result["runs"]]
+        (dots,) = axes.plot(minutes, accuracy, "o", alpha=0.45)
+        axes.plot(
+            np.mean(minutes), np.mean(accuracy), "X", markersize=11, color=dots.get_color(),
+            label=f"{result['model']} ({np.mean(accuracy):.2f}%)",
+        )
+    axes.set_xscale("log")
+    low, high = axes.get_xlim()
+    for label, accuracy in references:
+        axes.axhline(100 * accuracy, color="grey", linestyle="--", linewidth=1)
+        axes.text(low * 1.05, 100 * accuracy + 0.08, label, color="dimgrey", fontsize=9, va="bottom")
+    axes.set_xlim(low, high)
+    axes.set_xlabel("training time, minutes (whole fmnist train process; log scale)")
+    axes.set_ylabel("test accuracy (%)")
+    axes.set_title("Fashion-MNIST: test accuracy against training time")
+    axes.grid(alpha=0.3, which="both")
+    axes.legend(loc="lower right", title="model (mean over seeds)")
+    return figure
+
+
 def save(figure: Figure, path: Path) -> None:
     """Write the figure as a PNG under a temporary name, then rename it into place."""
     import os

@@ -154,6 +154,8 @@ def load_model(directory: Path) -> keras.Model:
     """Load a run's model in Keras's safe mode, with a clear error if it is not ours."""
     import keras
 
+    import fmnist.layers  # noqa: F401  (registers fmnist's own layers for loading)
+
     read_metadata(directory)
     path = directory / MODEL_FILE
     if not path.is_file():

@@ -41,12 +41,15 @@ def fit(
     x_val: np.ndarray,
     y_val: np.ndarray,
     checkpoint: Path | None = None,
+    time_limit: float | None = None,
 ) -> list[dict[str, float]]:
     """Train `model` in place and return the history, one dict per epoch.
 
     `x_*` are uint8 images (n, 28, 28), `y_*` uint8 labels (n,). If
     `checkpoint` exists, training resumes from it; after every epoch the
-    checkpoint is rewritten atomically.
+    checkpoint is rewritten atomically. With `time_limit` (seconds), training
+    stops before an epoch that, taking as long as the one before, would end
+    after the limit; the history is then shorter than `config.epochs`.
     """
     steps_per_epoch = -(-len(x_fit) // config.batch_size)
     optimizer = make_optimizer(config, steps_per_epoch)
@@ -62,8 +65,12 @@ def fit(
     validation_loss = keras.losses.CategoricalCrossentropy()  # plain cross-entropy, comparable across recipes
     on_terminal = sys.stderr.isatty()
 
+    fit_started = time.perf_counter()
     for epoch in range(len(history), config.epochs):
         started = time.perf_counter()
+        if time_limit is not None and epoch > 0 and started - fit_started + history[-1]["seconds"] > time_limit:
+            print(f"stopping after epoch {epoch}/{config.epochs}: the next would pass the time limit", flush=True)
+            break
         rng = np.random.default_rng([config.seed, epoch])
         order = rng.permutation(len(x_fit))
         epoch_images = augment(x_fit[order], rng, config.shift_pixels, config.flip, config.erase)

@@ -1,0 +1,40 @@
+"""`fmnist bench accuracy`: real `fmnist train` processes, tabulated and plotted."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from fmnist import bench, runs
+
+
+def test_bench_accuracy_trains_each_seed_and_writes_the_table_and_plot(tmp_path: Path, real_data_dir: Path) -> None:
+    markdown = tmp_path / "docs" / "BENCHMARKS.md"
+    # A budget far below one epoch: each run stops after its first epoch (a few seconds).
+    summary = bench.accuracy(["mlp"], seeds=2, budget_minutes=1e-4, runs_root=tmp_path / "runs", markdown=markdown)
+
+    (result,) = summary["results"]
+    assert [run["seed"] for run in result["runs"]] == [0, 1]
+    assert [run["epochs_trained"] for run in result["runs"]] == [1, 1]
+    for run in result["runs"]:
+        metadata = runs.read_metadata(Path(run["run"]))
+        assert metadata["seed"] == run["seed"] and metadata["model"] == "mlp"
+        assert run["test_accuracy"] == metadata["metrics"]["test"]["accuracy"]
+        assert 0.5 < run["test_accuracy"] < 1 and run["minutes"] > run["fit_minutes"] > 0
+    assert result["runs"][0]["test_accuracy"] != result["runs"][1]["test_accuracy"]  # seeds differ
+    assert result["test_accuracy_std"] > 0 and result["inference_images_per_second"] > 1000
+    assert "stopped at its time limit" in result["selection"]
+
+    text = markdown.read_text()
+    assert "fmnist bench accuracy --models mlp --seeds 2 --budget-minutes 0.0001" in text
+    assert "| mlp | 109,386 | jax | 1 of 10 |" in text
+    assert json.loads(markdown.with_suffix(".json").read_text())["results"][0]["runs"] == result["runs"]
+    assert (markdown.parent / "accuracy_vs_time.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # An interrupted benchmark continues from its ledger: only the missing seed trains.
+    root = Path(summary["runs_folder"])
+    (root / "mlp-seed2.partial").mkdir()  # a run cut short: its time is lost, so it trains again
+    resumed = bench.accuracy(["mlp"], seeds=3, budget_minutes=1e-4, markdown=markdown, resume=root)
+    assert [run["seed"] for run in resumed["results"][0]["runs"]] == [0, 1, 2]
+    assert resumed["results"][0]["runs"][:2] == result["runs"]
+    assert "(n=3)" in markdown.read_text() and not (root / "mlp-seed2.partial").exists()

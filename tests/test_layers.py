@@ -1,0 +1,81 @@
+"""fmnist's own layers and the inference model: fused BatchNorm, mirroring, bfloat16 training."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import keras
+import numpy as np
+
+from fmnist import models
+from fmnist.layers import Mirror
+
+RNG = np.random.default_rng(0)
+
+# Runs on TensorFlow, where BatchNorm takes its fused path, in a process of its own.
+FUSED_MATCHES_KERAS = """
+import numpy as np
+from fmnist import models
+models.select_backend("cnn", "tensorflow")
+import keras
+from fmnist.layers import BatchNorm
+
+x = np.random.default_rng(0).normal(2.0, 3.0, (16, 7, 7, 5)).astype("float32")
+ours, theirs = BatchNorm(momentum=0.9), keras.layers.BatchNormalization(momentum=0.9)
+for layer in (ours, theirs):
+    layer.build(x.shape)
+    layer.gamma.assign(np.linspace(0.5, 2.0, 5)); layer.beta.assign(np.linspace(-1.0, 1.0, 5))
+np.testing.assert_allclose(np.asarray(ours(x, training=True)), np.asarray(theirs(x, training=True)), atol=1e-4)
+np.testing.assert_allclose(ours.moving_mean.numpy(), theirs.moving_mean.numpy(), rtol=1e-5)
+# TensorFlow's kernel updates with the unbiased batch variance, Keras with the biased one.
+np.testing.assert_allclose(ours.moving_variance.numpy(), theirs.moving_variance.numpy(), rtol=1e-2)
+inference = [np.asarray(layer(x, training=False)) for layer in (ours, theirs)]
+np.testing.assert_allclose(*inference, rtol=1e-2, atol=1e-2)
+
+# The fast model trains in bfloat16 on TensorFlow, and its float32 inference copy agrees with it.
+from fmnist import config, train
+keras.utils.set_random_seed(1)
+model = models.build("cnn", "bfloat16")
+assert model.dtype_policy.name == "mixed_bfloat16"
+images = np.random.default_rng(1).integers(0, 256, (32, 28, 28), dtype=np.uint8)
+labels = np.random.default_rng(2).integers(0, 10, 32).astype(np.uint8)
+history = train.fit(config.TrainConfig(model="cnn", epochs=2, batch_size=32, precision="bfloat16"),
+                    model, images, labels, images, labels)
+assert history[1]["loss"] < history[0]["loss"], history
+final = models.for_inference(model, "cnn")
+assert final.dtype_policy.name == "float32" and final is not model
+assert all(w.dtype == "float32" for w in final.weights)
+mixed, full = np.asarray(model(images, training=False)), np.asarray(final(images, training=False))
+assert np.mean(mixed.argmax(1) == full.argmax(1)) >= 0.9
+np.testing.assert_allclose(mixed, full, atol=0.05)
+print("ok")
+"""
+
+
+def test_fused_batch_norm_matches_keras_and_bfloat16_training_works_on_tensorflow() -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", FUSED_MATCHES_KERAS], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-3000:]
+
+
+def test_mirror_reverses_columns_only() -> None:
+    images = RNG.integers(0, 256, (3, 28, 28), dtype=np.uint8)
+    np.testing.assert_array_equal(np.asarray(Mirror()(images)), images[:, :, ::-1])
+
+
+def test_flip_average_predicts_the_mean_over_the_image_and_its_mirror(tmp_path) -> None:
+    keras.utils.set_random_seed(2)
+    model = models.build("cnn")
+    averaged = models.for_inference(model, "cnn", flip_average=True)
+    assert models.count_parameters(averaged) == models.count_parameters(model)
+    images = RNG.integers(0, 256, (9, 28, 28), dtype=np.uint8)
+    expected = (np.asarray(model(images)) + np.asarray(model(images[:, :, ::-1]))) / 2
+    predict = models.compile_predict(averaged, batch_size=4)
+    np.testing.assert_allclose(predict(images), expected, atol=1e-6)
+    # It is saved and loaded as one model, so every user of the file averages the same way.
+    averaged.save(tmp_path / "model.keras")
+    loaded = keras.saving.load_model(tmp_path / "model.keras", safe_mode=True)
+    np.testing.assert_allclose(models.compile_predict(loaded)(images), expected, atol=1e-6)
+    assert models.for_inference(model, "cnn") is model  # float32 without averaging: unchanged
