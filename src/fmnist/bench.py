@@ -330,7 +330,6 @@ def accuracy(
     command = f"fmnist bench accuracy --models {','.join(model_names)} --seeds {seeds}" + (
         f" --budget-minutes {budget_minutes:g}" if budget_minutes is not None else ""
     )
-    summary: dict[str, object] = {}
     for spec in specs:
         for seed in range(seeds):
             if any(run["model"] == spec.name and run["seed"] == seed for run in ledger["runs"]):
@@ -364,10 +363,12 @@ def accuracy(
                 f"test {run['test_accuracy']:.2%}  validation {run['validation_accuracy']:.2%}",
                 flush=True,
             )
-            summary = _accuracy_summary(ledger, specs, root, command)
             if markdown is not None:
-                _write_accuracy_report(markdown, summary)
-    return summary or _accuracy_summary(ledger, specs, root, command)
+                _write_accuracy_report(markdown, _accuracy_summary(ledger, specs, root, command))
+    summary = _accuracy_summary(ledger, specs, root, command)
+    if markdown is not None:  # also when resuming a finished benchmark: the report is rewritten
+        _write_accuracy_report(markdown, summary)
+    return summary
 
 
 def _read_ledger(path: Path) -> dict:
