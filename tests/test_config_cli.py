@@ -53,7 +53,7 @@ def test_bad_settings_are_one_line_and_exit_2(
     "argv, expected",
     [
         (["train", "--epochs", "-3"], "expected a positive integer"),
-        (["train", "--model", "nope"], "unknown model 'nope'; known models: cnn, mlp"),
+        (["train", "--model", "nope"], "unknown model 'nope'; known models: cnn, mlp, resnet"),
         (["train", "--backend", "torch"], "unsupported backend 'torch'"),
         (["train", "--config", "/no/such/file.toml"], "config file not found"),
         (["train", "--no-such-flag"], "unrecognized arguments"),

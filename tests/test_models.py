@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
 
-from fmnist import ConfigError, config, models, train
+from fmnist import ConfigError, FmnistError, config, models, train
 
 RNG = np.random.default_rng(0)
 
@@ -63,7 +64,7 @@ def test_save_and_load_give_identical_predictions(spec: models.ModelSpec, tmp_pa
 
 
 def test_unknown_model_names_are_a_clear_error() -> None:
-    with pytest.raises(ConfigError, match="unknown model 'vgg'; known models: cnn, mlp"):
+    with pytest.raises(ConfigError, match="unknown model 'vgg'; known models: cnn, mlp, resnet"):
         models.get("vgg")
 
 
@@ -98,6 +99,8 @@ def test_a_model_saved_on_tensorflow_loads_on_jax_with_the_same_classes(spec, tm
         check=True, capture_output=True, timeout=300,
     )
     images = np.random.default_rng(0).integers(0, 256, (64, 28, 28), dtype=np.uint8)
+    import fmnist.layers  # noqa: F401  (fmnist's own layers, as runs.load_model imports them)
+
     on_jax = models.compile_predict(keras.saving.load_model(path, safe_mode=True))(images)
     on_tensorflow = np.load(probabilities)
     np.testing.assert_array_equal(on_jax.argmax(axis=1), on_tensorflow.argmax(axis=1))
@@ -138,3 +141,33 @@ def test_a_warm_up_as_long_as_the_run_still_leaves_a_decay_step() -> None:
     settings = config.TrainConfig(epochs=1, schedule="cosine", warmup_epochs=0.9)
     optimizer = train.make_optimizer(settings, steps_per_epoch=3)  # rounds the warm-up to all 3 steps
     assert float(optimizer.learning_rate) >= 0.0
+
+
+def test_a_time_limit_stops_before_an_epoch_that_would_pass_it(tmp_path: Path) -> None:
+    settings = config.TrainConfig(epochs=4, batch_size=16)
+    images = RNG.integers(0, 256, (64, 28, 28), dtype=np.uint8)
+    labels = RNG.integers(0, 10, 64).astype(np.uint8)
+    fit = lambda limit, checkpoint=None: train.fit(  # noqa: E731
+        settings, models.build_mlp(), images, labels, images[:16], labels[:16], checkpoint, time_limit=limit
+    )
+    assert len(fit(1e-9)) == 1  # at least one epoch
+    assert len(fit(3600.0)) == 4  # a limit that is never reached changes nothing
+    # Time spent before a resume counts: a checkpoint whose epochs used up the limit ends the run.
+    checkpoint = tmp_path / "checkpoint.npz"
+    first = fit(None, checkpoint)
+    with np.load(checkpoint) as saved:
+        arrays = dict(saved)
+    arrays["history"] = np.frombuffer(json.dumps(first[:2]).encode(), np.uint8)
+    np.savez(checkpoint, **arrays)
+    assert len(fit(sum(row["seconds"] for row in first[:2]) + 1e-6, checkpoint)) == 2
+
+
+def test_a_checkpoint_of_another_architecture_is_a_clear_error(tmp_path: Path) -> None:
+    settings = config.TrainConfig(epochs=1, batch_size=16)
+    images = RNG.integers(0, 256, (16, 28, 28), dtype=np.uint8)
+    labels = RNG.integers(0, 10, 16).astype(np.uint8)
+    checkpoint = tmp_path / "checkpoint.npz"
+    train.fit(settings, models.build_mlp(), images, labels, images, labels, checkpoint)
+    with pytest.raises(FmnistError, match="does not fit this model 'cnn'"):
+        train.fit(config.TrainConfig(model="cnn", epochs=2, batch_size=16), models.build_cnn(),
+                  images, labels, images, labels, checkpoint)

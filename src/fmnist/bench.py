@@ -291,7 +291,7 @@ REFERENCES = (("SVC (Zalando table)", 0.897), ("ResNet18 (Zalando table)", 0.949
 
 
 def accuracy(
-    model_names: list[str],
+    model_names: list[str] | None = None,
     seeds: int = 3,
     budget_minutes: float | None = None,
     runs_root: Path = Path("runs"),
@@ -302,40 +302,47 @@ def accuracy(
 
     Each run is a whole `fmnist train` process, timed import to exit, on the
     model's own training backend, in a new folder `runs/bench-<UTC time>/`.
-    With `budget_minutes`, each run trains for at most that many minutes
-    (`fmnist train --time-limit`). Inference speed is measured on the first
-    seed's saved model, on the 10,000 test images, in this process.
+    `model_names` defaults to every registered model. With `budget_minutes`,
+    each run is given `fmnist train --time-limit`. Inference speed is measured
+    on the first seed's saved model, on the 10,000 test images, in this process.
 
     A benchmark can take hours, so it keeps a ledger (`bench.json` in its
     folder) and rewrites the report after every run; `resume` (that folder)
-    continues an interrupted benchmark without retraining finished runs.
+    continues an interrupted benchmark with its own settings, without
+    retraining the runs it recorded. A run it did not record is trained again:
+    its time was not measured whole.
     """
     from fmnist import models, runs
     from fmnist.predict import Predictor
 
-    specs = [models.get(name) for name in model_names]  # unknown names fail before any training
+    settings = {
+        "models": list(dict.fromkeys(model_names or models.MODELS)),
+        "seeds": seeds,
+        "budget_minutes": budget_minutes,
+    }
     if resume is not None:
         root = resume
         ledger = _read_ledger(root / "bench.json")
-        if ledger["budget_minutes"] != budget_minutes:
-            raise FmnistError(
-                f"{root} was run with --budget-minutes {ledger['budget_minutes']}; resume it with the same budget"
-            )
+        if model_names is None:
+            settings["models"] = ledger["settings"]["models"]
+        if settings != ledger["settings"]:
+            raise FmnistError(f"{root} was run with {_flags(ledger['settings'])}; resume it with the same settings")
     else:
         root = runs_root / time.strftime("bench-%Y%m%dT%H%M%SZ", time.gmtime())
         root.mkdir(parents=True)
-        ledger = {"budget_minutes": budget_minutes, "runs": [], "inference_images_per_second": {}}
+        ledger = {"settings": settings, "runs": [], "inference_images_per_second": {}}
+        _write_ledger(root, ledger)  # from the start, so that even the first run can be resumed
+    specs = [models.get(name) for name in settings["models"]]  # unknown names fail before any training
     env = {key: value for key, value in os.environ.items() if key != "KERAS_BACKEND"}
     x_test = data.load().x_test
-    command = f"fmnist bench accuracy --models {','.join(model_names)} --seeds {seeds}" + (
-        f" --budget-minutes {budget_minutes:g}" if budget_minutes is not None else ""
-    )
+    command = f"fmnist bench accuracy {_flags(settings)}"
     for spec in specs:
         for seed in range(seeds):
             if any(run["model"] == spec.name and run["seed"] == seed for run in ledger["runs"]):
                 continue
             out = root / f"{spec.name}-seed{seed}"
-            shutil.rmtree(out.with_name(out.name + runs.PARTIAL), ignore_errors=True)  # its time is lost: retrain
+            for unrecorded in (out, runs.partial_path(out)):  # its time was not measured whole: train again
+                shutil.rmtree(unrecorded, ignore_errors=True)
             train = [
                 sys.executable, "-m", "fmnist", "train", "--model", spec.name, "--seed", str(seed), "--out", str(out)
             ]
@@ -346,7 +353,7 @@ def accuracy(
             run = {
                 "model": spec.name,
                 "seed": seed,
-                "run": str(out),
+                "run": out.name,  # inside the benchmark folder, wherever that is moved
                 "minutes": timed["seconds"] / 60,
                 "fit_minutes": metadata["timings"]["fit_seconds"] / 60,
                 "peak_mb": timed["peak_mb"],
@@ -355,14 +362,15 @@ def accuracy(
                 "validation_accuracy": metadata["metrics"]["validation"]["accuracy"],
             }
             ledger["runs"].append(run)
-            if spec.name not in ledger["inference_images_per_second"]:
-                ledger["inference_images_per_second"][spec.name] = _inference_speed(Predictor.from_run(out), x_test)
-            runs.write_bytes(root / "bench.json", (json.dumps(ledger, indent=2) + "\n").encode())
+            _write_ledger(root, ledger)
             print(
                 f"{spec.name:8s} seed {seed}  {run['minutes']:6.2f} min  "
                 f"test {run['test_accuracy']:.2%}  validation {run['validation_accuracy']:.2%}",
                 flush=True,
             )
+            if spec.name not in ledger["inference_images_per_second"]:
+                ledger["inference_images_per_second"][spec.name] = _inference_speed(Predictor.from_run(out), x_test)
+                _write_ledger(root, ledger)
             if markdown is not None:
                 _write_accuracy_report(markdown, _accuracy_summary(ledger, specs, root, command))
     summary = _accuracy_summary(ledger, specs, root, command)
@@ -371,11 +379,27 @@ def accuracy(
     return summary
 
 
+def _flags(settings: dict) -> str:
+    flags = f"--models {','.join(settings['models'])} --seeds {settings['seeds']}"
+    if settings["budget_minutes"] is not None:
+        flags += f" --budget-minutes {settings['budget_minutes']:g}"
+    return flags
+
+
+def _write_ledger(root: Path, ledger: dict) -> None:
+    from fmnist import runs
+
+    runs.write_bytes(root / "bench.json", (json.dumps(ledger, indent=2) + "\n").encode())
+
+
 def _read_ledger(path: Path) -> dict:
     try:
-        return json.loads(path.read_text())
+        ledger = json.loads(path.read_text())
     except (OSError, ValueError) as error:
         raise FmnistError(f"{path.parent} is not a benchmark folder to resume ({path.name}: {error})") from None
+    if not isinstance(ledger, dict) or not {"settings", "runs", "inference_images_per_second"} <= set(ledger):
+        raise FmnistError(f"{path} is not an fmnist benchmark ledger")
+    return ledger
 
 
 def _accuracy_summary(ledger: dict, specs: list, root: Path, command: str) -> dict[str, object]:
@@ -389,7 +413,7 @@ def _accuracy_summary(ledger: dict, specs: list, root: Path, command: str) -> di
         model_runs = sorted((run for run in ledger["runs"] if run["model"] == spec.name), key=lambda run: run["seed"])
         if not model_runs:
             continue
-        first = runs.read_metadata(Path(model_runs[0]["run"]))
+        first = runs.read_metadata(root / model_runs[0]["run"])
         test = np.array([run["test_accuracy"] for run in model_runs])
         results.append({
             "model": spec.name,
@@ -402,15 +426,16 @@ def _accuracy_summary(ledger: dict, specs: list, root: Path, command: str) -> di
             "test_accuracy_mean": float(test.mean()),
             "test_accuracy_std": float(test.std(ddof=1)) if len(test) > 1 else None,
             "validation_accuracy_mean": float(np.mean([run["validation_accuracy"] for run in model_runs])),
+            "validation_images": first["split"]["validation_images"],
             "minutes_mean": float(np.mean([run["minutes"] for run in model_runs])),
-            "inference_images_per_second": ledger["inference_images_per_second"][spec.name],
+            "inference_images_per_second": ledger["inference_images_per_second"].get(spec.name),
         })
     return {
         "machine": environment.machine(),
         "versions": environment.versions(),
         "command": command,
         "runs_folder": str(root),
-        "budget_minutes": ledger["budget_minutes"],
+        "budget_minutes": ledger["settings"]["budget_minutes"],
         "references": [{"label": label, "test_accuracy": value} for label, value in REFERENCES],
         "results": results,
     }
@@ -464,6 +489,8 @@ def _accuracy_markdown(summary: dict, figure: str) -> str:
     import numpy as np
 
     machine = summary["machine"]
+    counts = sorted({result["validation_images"] for result in summary["results"]})
+    held_out = f"last {counts[0]:,} training images" if len(counts) == 1 else "held-out end of the training images"
     lines = [
         "# Accuracy against training time",
         "",
@@ -474,7 +501,8 @@ def _accuracy_markdown(summary: dict, figure: str) -> str:
         "Each model is trained with its own recipe once per seed, each run a whole `fmnist train` process "
         "(training time = import to exit: data, training, scoring, figures). Test accuracy is the mean ± "
         "standard deviation over the seeds on the 10,000 test images, each scored once, after training ended; "
-        "validation accuracy is on the last 12,000 training images, which are never trained on. "
+        f"validation accuracy is on the {held_out}, which are never trained on. A run stopped by "
+        "`--budget-minutes` did not finish its learning-rate schedule. "
         "Inference: the first seed's saved model, 10,000 test images, median of 3 passes.",
         "",
         "| model | parameters | trains on | epochs | training time (min) | test accuracy | validation accuracy | "
@@ -489,11 +517,13 @@ def _accuracy_markdown(summary: dict, figure: str) -> str:
             epochs += f" of {result['recipe']['epochs']}"
         spread = f" ± {100 * result['test_accuracy_std']:.2f}" if result["test_accuracy_std"] is not None else ""
         minutes = [run["minutes"] for run in runs]
+        ips = result["inference_images_per_second"]
+        speed = "—" if ips is None else f"{ips:,.0f}"
         lines.append(
             f"| {result['model']} | {result['parameters']:,} | {result['backend']} | {epochs} | "
             f"{np.mean(minutes):.2f} ({min(minutes):.2f}-{max(minutes):.2f}) | "
             f"{100 * result['test_accuracy_mean']:.2f}%{spread} (n={len(runs)}) | "
-            f"{100 * result['validation_accuracy_mean']:.2f}% | {result['inference_images_per_second']:,.0f} |"
+            f"{100 * result['validation_accuracy_mean']:.2f}% | {speed} |"
         )
     references = ", ".join(
         f"{ref['label'].split(' (')[0]} {100 * ref['test_accuracy']:.1f}%" for ref in summary["references"]

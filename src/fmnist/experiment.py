@@ -39,6 +39,8 @@ def train_run(
         partial = runs.find_partial(resume)
         metadata = runs.read_metadata(partial)
         config = from_dict(metadata["config"])
+        if time_limit is None:  # a run keeps the limit it was started with
+            time_limit = metadata.get("time_limit_seconds")
         if metadata["backend"] != keras.backend.backend():
             raise FmnistError(
                 f"{partial} was trained on {metadata['backend']}; resume it with "
@@ -46,6 +48,7 @@ def train_run(
             )
     else:
         metadata = _new_metadata(config)
+    metadata["time_limit_seconds"] = time_limit
 
     # Everything that can fail on the user's input (the data, the split) is done
     # before a run folder exists, so a failed start leaves nothing to clean up.

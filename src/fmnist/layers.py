@@ -1,7 +1,8 @@
-"""Keras layers of fmnist's own, registered so that saved models load anywhere.
+"""Keras layers of fmnist's own, registered with Keras under the package name "fmnist".
 
-Importing this module imports Keras, so the backend must be chosen first
-(`models.select_backend`).
+A saved model that uses them loads on any backend once this module is
+imported (`runs.load_model` does). Importing it imports Keras, so the backend
+must be chosen first (`models.select_backend`).
 """
 
 from __future__ import annotations
@@ -22,11 +23,11 @@ class BatchNorm(keras.layers.BatchNormalization):
     """
 
     def call(self, inputs, training=None, mask=None):
-        if not (training and self.trainable and mask is None and self._fusable(inputs)):
+        if not (self._fusable(inputs) and training and self.trainable and mask is None):
             return super().call(inputs, training=training, mask=mask)
         import tensorflow as tf
 
-        outputs, mean, variance, *_ = tf.compat.v1.nn.fused_batch_norm(
+        outputs, mean, variance = tf.compat.v1.nn.fused_batch_norm(
             inputs,
             tf.cast(self.gamma, tf.float32),
             tf.cast(self.beta, tf.float32),
@@ -34,6 +35,9 @@ class BatchNorm(keras.layers.BatchNormalization):
             data_format="NHWC",
             is_training=True,
         )
+        # The kernel returns the unbiased batch variance; Keras averages the biased one.
+        count = tf.cast(tf.size(inputs) // tf.shape(inputs)[-1], tf.float32)
+        variance = variance * (count - 1.0) / count
         # The moving averages, updated as Keras updates them: m * moving + (1 - m) * batch.
         for moving, batch in ((self.moving_mean, mean), (self.moving_variance, variance)):
             moving.assign(moving * self.momentum + tf.cast(batch, moving.dtype) * (1.0 - self.momentum))
@@ -47,7 +51,7 @@ class BatchNorm(keras.layers.BatchNormalization):
             and self.center
             and self.scale
             and not self.synchronized
-            and not self.renorm
+            and not getattr(self, "renorm", False)  # an option of newer Keras versions only
         )
 
 

@@ -49,7 +49,8 @@ def build_mlp() -> keras.Model:
             keras.layers.Flatten(name="flatten"),
             keras.layers.Dense(128, activation="relu", name="dense_128"),
             keras.layers.Dense(64, activation="relu", name="dense_64"),
-            keras.layers.Dense(NUM_CLASSES, activation="softmax", name="probabilities"),
+            # float32 even if trained with precision = "bfloat16", as every model's output
+            keras.layers.Dense(NUM_CLASSES, activation="softmax", dtype="float32", name="probabilities"),
         ],
         name="mlp",
     )

@@ -26,6 +26,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from fmnist import FmnistError
 from fmnist.augment import augment
 from fmnist.config import TrainConfig
 from fmnist.models import NUM_CLASSES, compile_predict
@@ -47,9 +48,11 @@ def fit(
 
     `x_*` are uint8 images (n, 28, 28), `y_*` uint8 labels (n,). If
     `checkpoint` exists, training resumes from it; after every epoch the
-    checkpoint is rewritten atomically. With `time_limit` (seconds), training
-    stops before an epoch that, taking as long as the one before, would end
-    after the limit; the history is then shorter than `config.epochs`.
+    checkpoint is rewritten atomically. With `time_limit` (seconds of epochs,
+    counting those of a resumed run), training stops before an epoch that,
+    taking as long as the one before, would end past the limit; at least one
+    epoch runs. The history is then shorter than `config.epochs`, and the
+    learning-rate schedule, planned for `config.epochs`, is not finished.
     """
     steps_per_epoch = -(-len(x_fit) // config.batch_size)
     optimizer = make_optimizer(config, steps_per_epoch)
@@ -65,10 +68,11 @@ def fit(
     validation_loss = keras.losses.CategoricalCrossentropy()  # plain cross-entropy, comparable across recipes
     on_terminal = sys.stderr.isatty()
 
-    fit_started = time.perf_counter()
+    fit_started, spent_before = time.perf_counter(), sum(row["seconds"] for row in history)
     for epoch in range(len(history), config.epochs):
         started = time.perf_counter()
-        if time_limit is not None and epoch > 0 and started - fit_started + history[-1]["seconds"] > time_limit:
+        spent = spent_before + started - fit_started
+        if time_limit is not None and epoch > 0 and spent + history[-1]["seconds"] > time_limit:
             print(f"stopping after epoch {epoch}/{config.epochs}: the next would pass the time limit", flush=True)
             break
         rng = np.random.default_rng([config.seed, epoch])
@@ -281,8 +285,14 @@ def _save(path: Path, model: keras.Model, optimizer: Any, history: list[dict[str
 
 def _restore(path: Path, model: keras.Model, optimizer: Any) -> list[dict[str, float]]:
     with np.load(path) as arrays:
-        for i, variable in enumerate(model.weights):
-            variable.assign(arrays[f"model_{i}"])
-        for i, variable in enumerate(optimizer.variables):
-            variable.assign(arrays[f"optimizer_{i}"])
+        variables = [(f"model_{i}", v) for i, v in enumerate(model.weights)]
+        variables += [(f"optimizer_{i}", v) for i, v in enumerate(optimizer.variables)]
+        saved = {key for key in arrays.files if key != "history"}
+        if saved != {key for key, _ in variables} or any(arrays[key].shape != v.shape for key, v in variables):
+            raise FmnistError(
+                f"{path} does not fit this model {model.name!r} (saved by a different version of it?); "
+                "start a new run"
+            )
+        for key, variable in variables:
+            variable.assign(arrays[key])
         return json.loads(arrays["history"].tobytes())
