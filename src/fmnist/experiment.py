@@ -32,7 +32,8 @@ def train_run(
 ) -> Path:
     """Train `config` (or continue the unfinished run `resume`) and return the finished run folder.
 
-    `time_limit`: the most seconds of training (see `train.fit`).
+    `time_limit`: seconds of training past which no epoch should end (see `train.fit`); a
+    resumed run keeps the limit it was started with.
     """
     started = time.perf_counter()
     if resume is not None:
