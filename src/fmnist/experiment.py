@@ -93,7 +93,8 @@ def train_run(
             f"the model after epoch {len(history)} of {config.epochs}: "
             f"training stopped at its time limit of {time_limit / 60:g} minutes"
         )
-    metadata["metrics"] = {"validation": _validation_metrics(model, x_val, y_val)}
+    predict = models.compile_predict(model)  # one compiled function for validation and test
+    metadata["metrics"] = {"validation": _validation_metrics(predict, x_val, y_val)}
     metadata["timings"] = {
         "data_seconds": data_seconds,
         "fit_seconds": fit_seconds,
@@ -102,7 +103,7 @@ def train_run(
     runs.save_model(partial, model)
     runs.write_history(partial, history)
     metadata["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    _score_and_report(partial, metadata, history, model, x_test, y_test)
+    _score_and_report(partial, metadata, history, predict, x_test, y_test)
     final = runs.finish(partial)
     accuracy = metadata["metrics"]["test"]["accuracy"]
     print(f"test accuracy {accuracy:.4f} on {len(x_test)} images; run folder: {final}", flush=True)
@@ -119,7 +120,7 @@ def evaluate_run(run_dir: Path, data_dir: Path | None = None) -> dict[str, Any]:
     dataset = data.load(data_dir)
     history = _read_history(run_dir)
     _score_and_report(
-        run_dir, metadata, history, model,
+        run_dir, metadata, history, models.compile_predict(model),
         dataset.x_test[: config.test_images], dataset.y_test[: config.test_images],
     )
     return metadata["metrics"]["test"]
@@ -129,13 +130,14 @@ def _score_and_report(
     directory: Path,
     metadata: dict[str, Any],
     history: list[dict[str, float]],
-    model: keras.Model,
+    predict: Any,
     x_test: np.ndarray,
     y_test: np.ndarray,
 ) -> None:
-    """Score the test set once, then write the figures, the report and the metadata."""
+    """Score the test set once with `predict` (`models.compile_predict`), then write the figures,
+    the report and the metadata."""
     started = time.perf_counter()
-    probabilities = models.compile_predict(model)(x_test)
+    probabilities = predict(x_test)
     test = evaluate.score(y_test, probabilities, data.CLASS_NAMES)
     metadata["metrics"]["test"] = test
     metadata["evaluated_backend"] = keras.backend.backend()
@@ -160,9 +162,9 @@ def _score_and_report(
     runs.write_metadata(directory, metadata)
 
 
-def _validation_metrics(model: keras.Model, x_val: np.ndarray, y_val: np.ndarray) -> dict[str, float]:
+def _validation_metrics(predict: Any, x_val: np.ndarray, y_val: np.ndarray) -> dict[str, float]:
     """The saved model's validation loss and accuracy (the history's last row is the training model's)."""
-    probabilities = models.compile_predict(model)(x_val)
+    probabilities = predict(x_val)
     loss = keras.losses.CategoricalCrossentropy()(np.eye(models.NUM_CLASSES, dtype=np.float32)[y_val], probabilities)
     return {"loss": float(loss), "accuracy": float(np.mean(probabilities.argmax(axis=1) == y_val))}
 

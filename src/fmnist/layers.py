@@ -29,8 +29,8 @@ class BatchNorm(keras.layers.BatchNormalization):
 
         outputs, mean, variance = tf.compat.v1.nn.fused_batch_norm(
             inputs,
-            tf.cast(self.gamma, tf.float32),
-            tf.cast(self.beta, tf.float32),
+            self.gamma,  # float32 variables, also under a bfloat16 policy
+            self.beta,
             epsilon=self.epsilon,
             data_format="NHWC",
             is_training=True,

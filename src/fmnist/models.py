@@ -24,7 +24,6 @@ if TYPE_CHECKING:
     import keras
 
 NUM_CLASSES = 10
-RESNET_WIDTH = 32  # channels of the best model's first layer
 
 
 @dataclass(frozen=True)
@@ -105,8 +104,10 @@ def build_cnn() -> keras.Model:
     return keras.Model(images, _probabilities(x), name="cnn")
 
 
-def build_resnet(width: int = RESNET_WIDTH) -> keras.Model:
+def build_resnet(width: int = 32) -> keras.Model:
     """The best model: a ResNet-9-style net, widths w | 2w + residual | 4w + residual | 8w + residual.
+
+    `width` (w) is the first layer's channels; 32 gives 1.94M parameters.
 
     Each stage is a convolution, 2x2 max pooling, then (from the second) a
     residual block of two convolutions; global max pooling feeds the classifier.
