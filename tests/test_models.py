@@ -144,14 +144,14 @@ def test_a_warm_up_as_long_as_the_run_still_leaves_a_decay_step() -> None:
 
 
 def test_a_time_limit_stops_before_an_epoch_that_would_pass_it(tmp_path: Path) -> None:
-    settings = config.TrainConfig(epochs=4, batch_size=16)
     images = RNG.integers(0, 256, (64, 28, 28), dtype=np.uint8)
     labels = RNG.integers(0, 10, 64).astype(np.uint8)
-    fit = lambda limit, checkpoint=None: train.fit(  # noqa: E731
-        settings, models.build_mlp(), images, labels, images[:16], labels[:16], checkpoint, time_limit=limit
+    fit = lambda minutes, checkpoint=None: train.fit(  # noqa: E731
+        config.TrainConfig(epochs=4, batch_size=16, time_limit=minutes), models.build_mlp(),
+        images, labels, images[:16], labels[:16], checkpoint,
     )
     assert len(fit(1e-9)) == 1  # at least one epoch
-    assert len(fit(3600.0)) == 4  # a limit that is never reached changes nothing
+    assert len(fit(60.0)) == 4  # a limit that is never reached changes nothing
     # Time spent before a resume counts: a checkpoint whose epochs used up the limit ends the run.
     checkpoint = tmp_path / "checkpoint.npz"
     first = fit(None, checkpoint)
@@ -159,7 +159,54 @@ def test_a_time_limit_stops_before_an_epoch_that_would_pass_it(tmp_path: Path) -
         arrays = dict(saved)
     arrays["history"] = np.frombuffer(json.dumps(first[:2]).encode(), np.uint8)
     np.savez(checkpoint, **arrays)
-    assert len(fit(sum(row["seconds"] for row in first[:2]) + 1e-6, checkpoint)) == 2
+    assert len(fit((sum(row["seconds"] for row in first[:2]) + 1e-6) / 60, checkpoint)) == 2
+
+
+def _timed_history(*seconds: float) -> list[dict[str, float]]:
+    return [{"epoch": i + 1, "seconds": s} for i, s in enumerate(seconds)]
+
+
+def test_the_plan_fits_the_epochs_into_the_time_limit() -> None:
+    settings = config.TrainConfig(epochs=100, time_limit=10.0)  # 600 s
+    assert train.planned_epochs(settings, []) == 100  # nothing timed yet
+    assert train.planned_epochs(settings, _timed_history(80)) == 100  # the first epoch also compiles
+    # 80 + 50 s spent, then 470 s at 1.03 * 50 s per epoch: 9 more.
+    assert train.planned_epochs(settings, _timed_history(80, 50)) == 11
+    # Judged again after every epoch and only ever lowered: faster epochs keep the plan...
+    assert train.planned_epochs(settings, _timed_history(80, 50, 20, 20)) == 11
+    # ...one slow epoch (a recompilation, a busy moment) costs its own extra time, not its pace...
+    assert train.planned_epochs(settings, _timed_history(80, 50, 50, 70)) == 10
+    # ...a machine that stays slower shortens it, never below the epochs already run.
+    assert train.planned_epochs(settings, _timed_history(80, 50, 100, 100)) == 6
+    assert train.planned_epochs(settings, _timed_history(80, 50, 500, 500)) == 3
+    # The recipe's epochs stay the most it trains, and without a limit they are the plan.
+    assert train.planned_epochs(config.TrainConfig(epochs=5, time_limit=10.0), _timed_history(1, 1)) == 5
+    assert train.planned_epochs(config.TrainConfig(epochs=5), _timed_history(500, 500)) == 5
+
+
+def test_a_timed_run_trains_the_planned_epochs_on_a_schedule_fitted_to_them(monkeypatch) -> None:
+    clock = iter(range(0, 10**6, 5))  # every reading of the clock is 5 s after the one before
+    monkeypatch.setattr(train.time, "perf_counter", lambda: float(next(clock)))
+    schedules = []
+    real_make_schedule = train.make_schedule
+
+    def recorded(settings, steps_per_epoch, epochs=None):
+        schedules.append(epochs)
+        return real_make_schedule(settings, steps_per_epoch, epochs)
+
+    monkeypatch.setattr(train, "make_schedule", recorded)
+    settings = config.TrainConfig(
+        epochs=20, batch_size=16, optimizer="adamw", schedule="cosine", warmup_epochs=1, time_limit=1.0
+    )
+    images = RNG.integers(0, 256, (32, 28, 28), dtype=np.uint8)
+    labels = RNG.integers(0, 10, 32).astype(np.uint8)
+    history = train.fit(settings, models.build_mlp(), images, labels, images[:16], labels[:16])
+    planned = train.planned_epochs(settings, history)
+    assert 2 < planned < 20 and len(history) == planned
+    assert sum(row["seconds"] for row in history) <= 60
+    assert schedules[-1] == planned  # the last schedule ends with the last planned epoch
+    schedule = real_make_schedule(settings, steps_per_epoch=2, epochs=planned)
+    assert float(schedule(2 * planned)) == pytest.approx(0.0, abs=1e-9)  # and decays to zero there
 
 
 def test_a_checkpoint_of_another_architecture_is_a_clear_error(tmp_path: Path) -> None:

@@ -309,8 +309,10 @@ def accuracy(
     A benchmark can take hours, so it keeps a ledger (`bench.json` in its
     folder) and rewrites the report after every run; `resume` (that folder)
     continues an interrupted benchmark with its own settings, without
-    retraining the runs it recorded. A run it did not record is trained again:
-    its time was not measured whole.
+    retraining the runs it recorded, and adds the models in `model_names` that
+    it lacks. A run it did not record is trained again: its time was not
+    measured whole. Each run records the CPU it ran on, and the report names
+    them, so a benchmark resumed on another machine says so.
     """
     from fmnist import models, runs
     from fmnist.predict import Predictor
@@ -323,16 +325,20 @@ def accuracy(
     if resume is not None:
         root = resume
         ledger = _read_ledger(root / "bench.json")
-        if model_names is None:
-            settings["models"] = ledger["settings"]["models"]
-        if settings != ledger["settings"]:
-            raise FmnistError(f"{root} was run with {_flags(ledger['settings'])}; resume it with the same settings")
+        recorded = ledger["settings"]
+        if {**settings, "models": recorded["models"]} != recorded:
+            raise FmnistError(f"{root} was run with {_flags(recorded)}; resume it with the same settings")
+        settings["models"] = list(dict.fromkeys(recorded["models"] + (model_names or [])))
     else:
         root = runs_root / time.strftime("bench-%Y%m%dT%H%M%SZ", time.gmtime())
         root.mkdir(parents=True)
         ledger = {"settings": settings, "runs": [], "inference_images_per_second": {}}
         _write_ledger(root, ledger)  # from the start, so that even the first run can be resumed
     specs = [models.get(name) for name in settings["models"]]  # unknown names fail before any training
+    report_specs = sorted(specs, key=list(models.MODELS).index)  # the registry's order, however trained
+    if settings != ledger["settings"]:  # models added to a resumed benchmark
+        ledger["settings"] = settings
+        _write_ledger(root, ledger)
     env = {key: value for key, value in os.environ.items() if key != "KERAS_BACKEND"}
     x_test = data.load().x_test
     command = f"fmnist bench accuracy {_flags(settings)}"
@@ -360,6 +366,7 @@ def accuracy(
                 "epochs_trained": len(metadata["timings"]["epoch_seconds"]),
                 "test_accuracy": metadata["metrics"]["test"]["accuracy"],
                 "validation_accuracy": metadata["metrics"]["validation"]["accuracy"],
+                "machine": metadata["machine"]["cpu"],
             }
             ledger["runs"].append(run)
             _write_ledger(root, ledger)
@@ -372,8 +379,8 @@ def accuracy(
                 ledger["inference_images_per_second"][spec.name] = _inference_speed(Predictor.from_run(out), x_test)
                 _write_ledger(root, ledger)
             if markdown is not None:
-                _write_accuracy_report(markdown, _accuracy_summary(ledger, specs, root, command))
-    summary = _accuracy_summary(ledger, specs, root, command)
+                _write_accuracy_report(markdown, _accuracy_summary(ledger, report_specs, root, command))
+    summary = _accuracy_summary(ledger, report_specs, root, command)
     if markdown is not None:  # also when resuming a finished benchmark: the report is rewritten
         _write_accuracy_report(markdown, summary)
     return summary

@@ -83,7 +83,7 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--test-images", type=_positive_int, help="use only the first N test images")
     train.add_argument("--backend", help="Keras backend: jax or tensorflow (default: the model's fastest)")
     train.add_argument("--time-limit", type=_positive_float, metavar="MINUTES",
-                       help="stop training after the last epoch that fits in this many minutes")
+                       help="train as many epochs as fit in this many minutes, the schedule fitted to them")
     train.add_argument("--out", type=Path, help="run folder (default: runs/<UTC time>-<model>)")
     train.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue an unfinished run")
     train.add_argument("--data-dir", type=Path, help="directory with the four IDX files")
@@ -165,13 +165,13 @@ def _train(args: argparse.Namespace) -> int:
             seed=args.seed,
             train_images=args.train_images,
             test_images=args.test_images,
+            time_limit=args.time_limit,
         )
         models.select_backend(settings.model, args.backend)
     from fmnist import experiment, plots
 
     final = experiment.train_run(
-        settings or config.TrainConfig(), out=args.out, data_dir=args.data_dir, resume=args.resume,
-        time_limit=None if args.time_limit is None else 60 * args.time_limit,
+        settings or config.TrainConfig(), out=args.out, data_dir=args.data_dir, resume=args.resume
     )
     if args.show and not plots.show([final / runs.FIGURES["curves"]]):
         print(f"no display: open {final / runs.REPORT_FILE} or the PNG files in {final}")

@@ -28,20 +28,13 @@ def train_run(
     runs_root: Path = Path("runs"),
     data_dir: Path | None = None,
     resume: Path | None = None,
-    time_limit: float | None = None,
 ) -> Path:
-    """Train `config` (or continue the unfinished run `resume`) and return the finished run folder.
-
-    `time_limit`: seconds of training past which no epoch should end (see `train.fit`); a
-    resumed run keeps the limit it was started with.
-    """
+    """Train `config` (or continue the unfinished run `resume`) and return the finished run folder."""
     started = time.perf_counter()
     if resume is not None:
         partial = runs.find_partial(resume)
         metadata = runs.read_metadata(partial)
         config = from_dict(metadata["config"])
-        if time_limit is None:  # a run keeps the limit it was started with
-            time_limit = metadata.get("time_limit_seconds")
         if metadata["backend"] != keras.backend.backend():
             raise FmnistError(
                 f"{partial} was trained on {metadata['backend']}; resume it with "
@@ -49,7 +42,6 @@ def train_run(
             )
     else:
         metadata = _new_metadata(config)
-    metadata["time_limit_seconds"] = time_limit
 
     # Everything that can fail on the user's input (the data, the split) is done
     # before a run folder exists, so a failed start leaves nothing to clean up.
@@ -81,18 +73,11 @@ def train_run(
     metadata["parameters"] = models.count_parameters(model)
     fit_started = time.perf_counter()
     history = train.fit(
-        config, model, x_fit, y_fit, x_val, y_val, checkpoint=partial / runs.CHECKPOINT_FILE,
-        time_limit=time_limit,
+        config, model, x_fit, y_fit, x_val, y_val, checkpoint=partial / runs.CHECKPOINT_FILE
     )
     fit_seconds = time.perf_counter() - fit_started
     model = models.for_inference(model, config.model, config.flip_average)  # what is saved, scored and served
-    if len(history) == config.epochs:
-        metadata["selection"] = "the model after the last epoch (no early stopping)"
-    else:
-        metadata["selection"] = (
-            f"the model after epoch {len(history)} of {config.epochs}: "
-            f"training stopped at its time limit of {time_limit / 60:g} minutes"
-        )
+    metadata["selection"] = _selection(config, history)
     predict = models.compile_predict(model)  # one compiled function for validation and test
     metadata["metrics"] = {"validation": _validation_metrics(predict, x_val, y_val)}
     metadata["timings"] = {
@@ -160,6 +145,23 @@ def _score_and_report(
     )
     metadata["timings"]["report_seconds"] = time.perf_counter() - started
     runs.write_metadata(directory, metadata)
+
+
+def _selection(config: TrainConfig, history: list[dict[str, float]]) -> str:
+    """How the saved model was chosen, in words."""
+    if config.time_limit is None:
+        return "the model after the last epoch (no early stopping)"
+    planned = train.planned_epochs(config, history)
+    fitted = (
+        f"{planned} of up to {config.epochs} epochs fit in the time limit of {config.time_limit:g} minutes, "
+        "the learning-rate schedule fitted to them"
+    )
+    if len(history) == planned:
+        return f"the model after the last epoch (no early stopping); {fitted}"
+    return (
+        f"the model after epoch {len(history)} of {planned}: the next would have ended past the time limit "
+        f"of {config.time_limit:g} minutes, so training stopped before its schedule ended"
+    )
 
 
 def _validation_metrics(predict: Any, x_val: np.ndarray, y_val: np.ndarray) -> dict[str, float]:

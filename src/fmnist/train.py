@@ -42,43 +42,45 @@ def fit(
     x_val: np.ndarray,
     y_val: np.ndarray,
     checkpoint: Path | None = None,
-    time_limit: float | None = None,
 ) -> list[dict[str, float]]:
     """Train `model` in place and return the history, one dict per epoch.
 
     `x_*` are uint8 images (n, 28, 28), `y_*` uint8 labels (n,). If
     `checkpoint` exists, training resumes from it; after every epoch the
-    checkpoint is rewritten atomically. With `time_limit` (seconds of epochs,
-    counting those of a resumed run), training stops before an epoch that,
-    taking as long as the one before, would end past the limit; at least one
-    epoch runs. The history is then shorter than `config.epochs`, and the
-    learning-rate schedule, planned for `config.epochs`, is not finished.
+    checkpoint is rewritten atomically. With `config.time_limit`, the run
+    trains as many epochs as fit in it (at most `config.epochs`; see
+    `planned_epochs`) and the learning-rate schedule is fitted to them, so it
+    finishes on any machine. Should the machine slow down, training still
+    stops before an epoch that, taking as long as the one before, would end
+    past the limit (counting the epochs of a resumed run); at least one epoch runs.
     """
     steps_per_epoch = -(-len(x_fit) // config.batch_size)
     optimizer = make_optimizer(config, steps_per_epoch)
     loss_fn = keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing)
     optimizer.build(model.trainable_variables)
-    kernel = _make_kernel(model, optimizer, loss_fn)
     history: list[dict[str, float]] = []
     if checkpoint is not None and checkpoint.exists():
         history = _restore(checkpoint, model, optimizer)
-        kernel.load()
+    epochs = planned_epochs(config, history)
+    optimizer.learning_rate = make_schedule(config, steps_per_epoch, epochs)
+    kernel = _make_kernel(model, optimizer, loss_fn)
+    time_limit = None if config.time_limit is None else 60 * config.time_limit
     predict = compile_predict(model)
     y_val_onehot = np.eye(NUM_CLASSES, dtype=np.float32)[y_val]
     validation_loss = keras.losses.CategoricalCrossentropy()  # plain cross-entropy, comparable across recipes
     on_terminal = sys.stderr.isatty()
 
-    fit_started, spent_before = time.perf_counter(), sum(row["seconds"] for row in history)
-    for epoch in range(len(history), config.epochs):
+    while len(history) < epochs:
+        epoch = len(history)
         started = time.perf_counter()
-        spent = spent_before + started - fit_started
+        spent = sum(row["seconds"] for row in history)  # the plan's measure, resumed epochs included
         if time_limit is not None and epoch > 0 and spent + history[-1]["seconds"] > time_limit:
-            print(f"stopping after epoch {epoch}/{config.epochs}: the next would pass the time limit", flush=True)
+            print(f"stopping after epoch {epoch}/{epochs}: the next would pass the time limit", flush=True)
             break
         rng = np.random.default_rng([config.seed, epoch])
         order = rng.permutation(len(x_fit))
         epoch_images = augment(x_fit[order], rng, config.shift_pixels, config.flip, config.erase)
-        bar = _progress(epoch, config.epochs, steps_per_epoch, on_terminal)
+        bar = _progress(epoch, epochs, steps_per_epoch, on_terminal)
         loss_sum, correct = 0.0, 0
         for images, labels in _chunks(epoch_images, y_fit[order], config.batch_size):
             chunk_loss, chunk_correct = kernel.train(images, labels)
@@ -109,22 +111,57 @@ def fit(
             )
             bar.close()
         else:
-            print(f"epoch {epoch + 1}/{config.epochs}  {summary}  {row['seconds']:.1f}s", flush=True)
+            print(f"epoch {epoch + 1}/{epochs}  {summary}  {row['seconds']:.1f}s", flush=True)
+        if planned_epochs(config, history) != epochs:  # fit the schedule to the epochs that fit the limit
+            epochs = planned_epochs(config, history)
+            print(f"{epochs} epochs fit in the time limit of {config.time_limit:g} minutes", flush=True)
+            kernel.sync()
+            optimizer.learning_rate = make_schedule(config, steps_per_epoch, epochs)
+            kernel = _make_kernel(model, optimizer, loss_fn)  # traced anew with the new schedule
     return history
 
 
+TIMED_EPOCHS = 2  # epochs run before planning; the first also compiles, so the second is the first one timed
+PACE_EPOCHS = 3  # the pace is the median of the last few epochs after the first: one slow epoch does not move it
+SAFETY_MARGIN = 1.03  # an epoch is planned 3% longer than the pace, for a machine's noise
+
+
+def planned_epochs(config: TrainConfig, history: list[dict[str, float]]) -> int:
+    """How many epochs the run trains: `config.epochs`, or with a time limit, as many as fit in it.
+
+    The plan is made after the first `TIMED_EPOCHS` epochs and judged again
+    after every later one, at the pace of the recent epochs; it is only ever
+    lowered (should the machine slow down), so the schedule changes rarely. It
+    depends on the history alone, so a resumed run makes the same plan.
+    """
+    epochs = config.epochs
+    if config.time_limit is None:
+        return epochs
+    for timed in range(TIMED_EPOCHS, len(history) + 1):
+        spent = sum(row["seconds"] for row in history[:timed])
+        recent = [row["seconds"] for row in history[1:timed][-PACE_EPOCHS:]]
+        per_epoch = SAFETY_MARGIN * float(np.median(recent))
+        epochs = min(epochs, timed + max(0, int((60 * config.time_limit - spent) // per_epoch)))
+    return epochs
+
+
+def make_schedule(config: TrainConfig, steps_per_epoch: int, epochs: int | None = None) -> Any:
+    """The learning rate over a run of `epochs` (default `config.epochs`): a number, or a schedule of the step."""
+    total = (epochs or config.epochs) * steps_per_epoch
+    if config.schedule != "cosine" or total <= 1:
+        return config.learning_rate
+    warmup = min(int(round(config.warmup_epochs * steps_per_epoch)), total - 1)  # at least one decay step
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=0.0 if warmup else config.learning_rate,
+        decay_steps=total - warmup,
+        warmup_target=config.learning_rate if warmup else None,
+        warmup_steps=warmup,
+    )
+
+
 def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> Any:
-    """The recipe's optimizer, with its learning-rate schedule over the whole run."""
-    learning_rate: Any = config.learning_rate
-    total = config.epochs * steps_per_epoch
-    if config.schedule == "cosine" and total > 1:
-        warmup = min(int(round(config.warmup_epochs * steps_per_epoch)), total - 1)  # at least one decay step
-        learning_rate = keras.optimizers.schedules.CosineDecay(
-            initial_learning_rate=0.0 if warmup else config.learning_rate,
-            decay_steps=total - warmup,
-            warmup_target=config.learning_rate if warmup else None,
-            warmup_steps=warmup,
-        )
+    """The recipe's optimizer, with its learning-rate schedule over `config.epochs`."""
+    learning_rate = make_schedule(config, steps_per_epoch)
     if config.optimizer == "adamw":
         return keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=config.weight_decay)
     return keras.optimizers.Adam(learning_rate=learning_rate)
