@@ -335,7 +335,7 @@ def accuracy(
         ledger = {"settings": settings, "runs": [], "inference_images_per_second": {}}
         _write_ledger(root, ledger)  # from the start, so that even the first run can be resumed
     specs = [models.get(name) for name in settings["models"]]  # unknown names fail before any training
-    report_specs = sorted(specs, key=list(models.MODELS).index)  # the registry's order, however trained
+    report_specs = sorted(specs, key=lambda spec: list(models.MODELS).index(spec.name))  # registry order
     if settings != ledger["settings"]:  # models added to a resumed benchmark
         ledger["settings"] = settings
         _write_ledger(root, ledger)
