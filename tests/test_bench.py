@@ -52,3 +52,45 @@ def test_bench_accuracy_trains_each_seed_and_writes_the_table_and_plot(tmp_path:
 def test_a_folder_without_a_ledger_is_not_resumed(tmp_path: Path) -> None:
     with pytest.raises(FmnistError, match="is not a benchmark folder to resume"):
         bench.accuracy(["mlp"], resume=tmp_path, markdown=None)
+
+
+def test_a_resumed_benchmark_keeps_its_settings_and_may_add_models(tmp_path: Path) -> None:
+    recorded = {"models": ["resnet"], "seeds": 3, "budget_minutes": None}
+    assert bench._resumed_settings(tmp_path, recorded, None, 3, None) == recorded
+    added = bench._resumed_settings(tmp_path, recorded, ["mlp", "cnn", "resnet"], 3, None)
+    assert added == {"models": ["resnet", "mlp", "cnn"], "seeds": 3, "budget_minutes": None}
+    for seeds, budget in ((2, None), (3, 5.0)):
+        with pytest.raises(FmnistError, match="was run with --models resnet --seeds 3; resume it"):
+            bench._resumed_settings(tmp_path, recorded, ["resnet"], seeds, budget)
+
+
+def _summary(cpus: list[str]) -> dict:
+    from fmnist import config
+
+    runs_ = [
+        {"seed": seed, "minutes": 1.0, "epochs_trained": 10, "test_accuracy": 0.88, "validation_accuracy": 0.89,
+         "peak_mb": 500.0, "machine": cpu}
+        for seed, cpu in enumerate(cpus)
+    ]
+    result = {
+        "model": "mlp", "description": "the reference MLP", "parameters": 109_386, "backend": "jax",
+        "recipe": config.TrainConfig().to_dict(), "selection": "the model after the last epoch", "runs": runs_,
+        "test_accuracy_mean": 0.88, "test_accuracy_std": 0.0, "validation_accuracy_mean": 0.89,
+        "validation_images": 12_000, "minutes_mean": 1.0, "inference_images_per_second": 1e5,
+    }
+    return {
+        "machine": {"cpu": "CPU A", "cores": 2, "platform": "Linux"}, "versions": {"fmnist": "0"},
+        "command": "fmnist bench accuracy --models mlp --seeds 2", "budget_minutes": None,
+        "references": [], "results": [result],
+    }
+
+
+def test_the_report_names_each_runs_cpu_when_they_differ() -> None:
+    same = bench._accuracy_markdown(_summary(["CPU A", "CPU A"]), "plot.png")
+    assert "Machine: CPU A, 2 cores, Linux." in same and "| CPU |" not in same
+    mixed = bench._accuracy_markdown(_summary(["CPU A", "CPU B"]), "plot.png")
+    assert "| mlp | 0 | 1.00 | 10 | 88.00% | 89.00% | 500 | CPU A |" in mixed
+    assert "| mlp | 1 | 1.00 | 10 | 88.00% | 89.00% | 500 | CPU B |" in mixed
+    assert "The runs ran on: CPU A; CPU B. This report was written on CPU A" in mixed
+    elsewhere = bench._accuracy_markdown(_summary(["CPU B"]), "plot.png")  # a finished bench reported elsewhere
+    assert "The runs ran on: CPU B. This report was written on CPU A" in elsewhere

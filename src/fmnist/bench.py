@@ -325,10 +325,7 @@ def accuracy(
     if resume is not None:
         root = resume
         ledger = _read_ledger(root / "bench.json")
-        recorded = ledger["settings"]
-        if {**settings, "models": recorded["models"]} != recorded:
-            raise FmnistError(f"{root} was run with {_flags(recorded)}; resume it with the same settings")
-        settings["models"] = list(dict.fromkeys(recorded["models"] + (model_names or [])))
+        settings = _resumed_settings(root, ledger["settings"], model_names, seeds, budget_minutes)
     else:
         root = runs_root / time.strftime("bench-%Y%m%dT%H%M%SZ", time.gmtime())
         root.mkdir(parents=True)
@@ -384,6 +381,15 @@ def accuracy(
     if markdown is not None:  # also when resuming a finished benchmark: the report is rewritten
         _write_accuracy_report(markdown, summary)
     return summary
+
+
+def _resumed_settings(
+    root: Path, recorded: dict, model_names: list[str] | None, seeds: int, budget_minutes: float | None
+) -> dict:
+    """A resumed benchmark's settings: its own, with any models of `model_names` it lacks added after its own."""
+    if (seeds, budget_minutes) != (recorded["seeds"], recorded["budget_minutes"]):
+        raise FmnistError(f"{root} was run with {_flags(recorded)}; resume it with the same settings")
+    return {**recorded, "models": list(dict.fromkeys(recorded["models"] + (model_names or [])))}
 
 
 def _flags(settings: dict) -> str:
@@ -540,23 +546,28 @@ def _accuracy_markdown(summary: dict, figure: str) -> str:
     for result in summary["results"]:
         lines.append(f"- **{result['model']}** ({result['description']}): {_recipe_words(result['recipe'])}. "
                      f"Final model: {result['selection']}.")
+    # A benchmark resumed on another machine names each run's CPU (older ledgers did not record it).
+    cpus = {run.get("machine", machine["cpu"]) for result in summary["results"] for run in result["runs"]}
     lines += [
         "", "## Every run", "",
-        "| model | seed | minutes | epochs | test accuracy | validation accuracy | peak memory (MB) |",
+        "| model | seed | minutes | epochs | test accuracy | validation accuracy | peak memory (MB) |"
+        + (" CPU |" if len(cpus) > 1 else ""),
     ]
-    lines += ["| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines += ["| --- | ---: | ---: | ---: | ---: | ---: | ---: |" + (" --- |" if len(cpus) > 1 else "")]
     for result in summary["results"]:
         for run in result["runs"]:
             lines.append(
                 f"| {result['model']} | {run['seed']} | {run['minutes']:.2f} | {run['epochs_trained']} | "
                 f"{100 * run['test_accuracy']:.2f}% | {100 * run['validation_accuracy']:.2f}% | {run['peak_mb']:.0f} |"
+                + (f" {run.get('machine', machine['cpu'])} |" if len(cpus) > 1 else "")
             )
     versions = ", ".join(f"{name} {version}" for name, version in summary["versions"].items())
-    lines += [
-        "",
-        f"Machine: {machine['cpu']}, {machine['cores']} cores, {machine['platform']}. Versions: {versions}.",
-        "",
-    ]
+    here = f"{machine['cpu']}, {machine['cores']} cores, {machine['platform']}"
+    where = (
+        f"Machine: {here}." if cpus == {machine["cpu"]}
+        else f"The runs ran on: {'; '.join(sorted(cpus))}. This report was written on {here}."
+    )
+    lines += ["", f"{where} Versions: {versions}.", ""]
     return "\n".join(lines)
 
 
