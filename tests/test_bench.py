@@ -25,7 +25,7 @@ def test_bench_accuracy_trains_each_seed_and_writes_the_table_and_plot(tmp_path:
         assert 0.5 < run["test_accuracy"] < 1 and run["minutes"] > run["fit_minutes"] > 0
     assert result["runs"][0]["test_accuracy"] != result["runs"][1]["test_accuracy"]  # seeds differ
     assert result["test_accuracy_std"] > 0 and result["inference_images_per_second"] > 1000
-    assert "training stopped before its schedule ended" in result["selection"]
+    assert "ended training before its learning-rate schedule" in result["selection"]
 
     text = markdown.read_text()
     assert "fmnist bench accuracy --models mlp --seeds 2 --budget-minutes 0.0001" in text

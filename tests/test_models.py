@@ -184,6 +184,17 @@ def test_the_plan_fits_the_epochs_into_the_time_limit() -> None:
     assert train.planned_epochs(config.TrainConfig(epochs=5), _timed_history(500, 500)) == 5
 
 
+def test_the_run_says_whether_its_schedule_ended_within_the_time_limit() -> None:
+    from fmnist import experiment
+
+    settings = config.TrainConfig(epochs=100, time_limit=10.0)
+    finished = experiment._selection(settings, _timed_history(80, *[50] * 10))  # the 11 planned epochs
+    assert "the model after the last epoch" in finished and "11 of up to 100 epochs fit" in finished
+    cut = experiment._selection(settings, _timed_history(700))  # one epoch longer than the limit
+    assert "ended training before its learning-rate schedule, planned for 100 epochs, did" in cut
+    assert experiment._selection(config.TrainConfig(), _timed_history(1, 1)).endswith("(no early stopping)")
+
+
 def test_a_timed_run_trains_the_planned_epochs_on_a_schedule_fitted_to_them(monkeypatch) -> None:
     clock = iter(range(0, 10**6, 5))  # every reading of the clock is 5 s after the one before
     monkeypatch.setattr(train.time, "perf_counter", lambda: float(next(clock)))

@@ -151,16 +151,15 @@ def _selection(config: TrainConfig, history: list[dict[str, float]]) -> str:
     """How the saved model was chosen, in words."""
     if config.time_limit is None:
         return "the model after the last epoch (no early stopping)"
-    planned = train.planned_epochs(config, history)
-    fitted = (
-        f"{planned} of up to {config.epochs} epochs fit in the time limit of {config.time_limit:g} minutes, "
-        "the learning-rate schedule fitted to them"
-    )
-    if len(history) == planned:
-        return f"the model after the last epoch (no early stopping); {fitted}"
+    trained_under = train.planned_epochs(config, history[:-1])  # the plan the last epoch trained under
+    if trained_under == len(history):
+        return (
+            f"the model after the last epoch (no early stopping); {len(history)} of up to {config.epochs} epochs "
+            f"fit in the time limit of {config.time_limit:g} minutes, the learning-rate schedule fitted to them"
+        )
     return (
-        f"the model after epoch {len(history)} of {planned}: the next would have ended past the time limit "
-        f"of {config.time_limit:g} minutes, so training stopped before its schedule ended"
+        f"the model after epoch {len(history)}: the time limit of {config.time_limit:g} minutes ended training "
+        f"before its learning-rate schedule, planned for {trained_under} epochs, did"
     )
 
 

@@ -112,12 +112,13 @@ def fit(
             bar.close()
         else:
             print(f"epoch {epoch + 1}/{epochs}  {summary}  {row['seconds']:.1f}s", flush=True)
-        if planned_epochs(config, history) != epochs:  # fit the schedule to the epochs that fit the limit
-            epochs = planned_epochs(config, history)
-            print(f"{epochs} epochs fit in the time limit of {config.time_limit:g} minutes", flush=True)
+        planned = planned_epochs(config, history)
+        if planned != epochs and planned > len(history):  # fit the schedule to the epochs that fit the limit
+            print(f"{planned} epochs fit in the time limit of {config.time_limit:g} minutes", flush=True)
             kernel.sync()
-            optimizer.learning_rate = make_schedule(config, steps_per_epoch, epochs)
+            optimizer.learning_rate = make_schedule(config, steps_per_epoch, planned)
             kernel = _make_kernel(model, optimizer, loss_fn)  # traced anew with the new schedule
+        epochs = planned
     return history
 
 
