@@ -332,7 +332,7 @@ def accuracy(
         ledger = {"settings": settings, "runs": [], "inference_images_per_second": {}}
         _write_ledger(root, ledger)  # from the start, so that even the first run can be resumed
     specs = [models.get(name) for name in settings["models"]]  # unknown names fail before any training
-    report_specs = sorted(specs, key=lambda spec: list(models.MODELS).index(spec.name))  # registry order
+    specs.sort(key=lambda spec: list(models.MODELS).index(spec.name))  # trained and reported in the registry's order
     if settings != ledger["settings"]:  # models added to a resumed benchmark
         ledger["settings"] = settings
         _write_ledger(root, ledger)
@@ -376,8 +376,8 @@ def accuracy(
                 ledger["inference_images_per_second"][spec.name] = _inference_speed(Predictor.from_run(out), x_test)
                 _write_ledger(root, ledger)
             if markdown is not None:
-                _write_accuracy_report(markdown, _accuracy_summary(ledger, report_specs, root, command))
-    summary = _accuracy_summary(ledger, report_specs, root, command)
+                _write_accuracy_report(markdown, _accuracy_summary(ledger, specs, root, command))
+    summary = _accuracy_summary(ledger, specs, root, command)
     if markdown is not None:  # also when resuming a finished benchmark: the report is rewritten
         _write_accuracy_report(markdown, summary)
     return summary
