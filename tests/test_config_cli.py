@@ -100,6 +100,8 @@ def test_every_model_has_a_valid_recipe(model: str) -> None:
         ("warmup_epochs = 1\n", "warmup_epochs applies to schedule = 'cosine' only"),
         ("precision = 'float16'\n", "precision must be one of float32, bfloat16"),
         ("flip_average = 1\n", "flip_average must be true or false"),
+        ("time_limit = 0\n", "time_limit must be a number of minutes > 0"),
+        ("time_limit = '5 min'\n", "time_limit must be a number of minutes > 0"),
     ],
 )
 def test_bad_recipe_values_are_clear_errors(tmp_path: Path, text: str, expected: str) -> None:
@@ -131,3 +133,13 @@ def test_the_seed_command_trains_like_fmnist_train(tmp_path: Path, real_data_dir
     assert "epoch 1/1" in result.stdout
     metadata = json.loads((out / "metadata.json").read_text())
     assert metadata["model"] == "mlp" and metadata["config"]["batch_size"] == 32
+
+
+def test_the_time_limit_flag_overrides_the_recipe(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    assert config.resolve(model="resnet").time_limit == 58  # the best model's recipe fills the hour
+    from fmnist import experiment
+
+    trained = []
+    monkeypatch.setattr(experiment, "train_run", lambda settings, **_: trained.append(settings) or tmp_path)
+    assert cli.main(["train", "--time-limit", "2.5", "--epochs", "30"]) == 0
+    assert (trained[0].time_limit, trained[0].epochs) == (2.5, 30)
