@@ -169,16 +169,18 @@ def _timed_history(*seconds: float) -> list[dict[str, float]]:
 def test_the_plan_fits_the_epochs_into_the_time_limit() -> None:
     settings = config.TrainConfig(epochs=100, time_limit=10.0)  # 600 s
     assert train.planned_epochs(settings, []) == 100  # nothing timed yet
-    assert train.planned_epochs(settings, _timed_history(80)) == 100  # the first epoch also compiles
+    assert train.planned_epochs(settings, _timed_history(80)) == 100  # the first epoch also compiles...
+    assert train.planned_epochs(settings, _timed_history(700)) == 1  # ...but says whether a second fits
     # 80 + 50 s spent, then 470 s at 1.03 * 50 s per epoch: 9 more.
     assert train.planned_epochs(settings, _timed_history(80, 50)) == 11
-    # Judged again after every epoch and only ever lowered: faster epochs keep the plan...
-    assert train.planned_epochs(settings, _timed_history(80, 50, 20, 20)) == 11
-    # ...one slow epoch (a recompilation, a busy moment) costs its own extra time, not its pace...
+    # Judged again after every epoch at the median pace: one slow epoch (a recompilation,
+    # a busy moment) costs its own extra time, not its pace...
     assert train.planned_epochs(settings, _timed_history(80, 50, 50, 70)) == 10
-    # ...a machine that stays slower shortens it, never below the epochs already run.
+    # ...a machine that stays slower shortens the plan, a faster one lengthens it...
     assert train.planned_epochs(settings, _timed_history(80, 50, 100, 100)) == 6
-    assert train.planned_epochs(settings, _timed_history(80, 50, 500, 500)) == 3
+    assert train.planned_epochs(settings, _timed_history(80, 50, 20, 20)) == 24
+    # ...and it never goes below the epochs already run.
+    assert train.planned_epochs(settings, _timed_history(80, 50, 500, 500)) == 4
     # The recipe's epochs stay the most it trains, and without a limit they are the plan.
     assert train.planned_epochs(config.TrainConfig(epochs=5, time_limit=10.0), _timed_history(1, 1)) == 5
     assert train.planned_epochs(config.TrainConfig(epochs=5), _timed_history(500, 500)) == 5

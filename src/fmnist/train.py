@@ -48,11 +48,10 @@ def fit(
     `x_*` are uint8 images (n, 28, 28), `y_*` uint8 labels (n,). If
     `checkpoint` exists, training resumes from it; after every epoch the
     checkpoint is rewritten atomically. With `config.time_limit`, the run
-    trains as many epochs as fit in it (at most `config.epochs`; see
-    `planned_epochs`) and the learning-rate schedule is fitted to them, so it
-    finishes on any machine. Should the machine slow down, training still
-    stops before an epoch that, taking as long as the one before, would end
-    past the limit (counting the epochs of a resumed run); at least one epoch runs.
+    trains as many epochs as fit in it (at most `config.epochs`), judged
+    after every epoch (`planned_epochs`, which counts the epochs of a resumed
+    run), and the learning-rate schedule is fitted to them, so it ends with
+    the run on any machine. At least one epoch runs.
     """
     steps_per_epoch = -(-len(x_fit) // config.batch_size)
     optimizer = make_optimizer(config, steps_per_epoch)
@@ -64,7 +63,6 @@ def fit(
     epochs = planned_epochs(config, history)
     optimizer.learning_rate = make_schedule(config, steps_per_epoch, epochs)
     kernel = _make_kernel(model, optimizer, loss_fn)
-    time_limit = None if config.time_limit is None else 60 * config.time_limit
     predict = compile_predict(model)
     y_val_onehot = np.eye(NUM_CLASSES, dtype=np.float32)[y_val]
     validation_loss = keras.losses.CategoricalCrossentropy()  # plain cross-entropy, comparable across recipes
@@ -73,10 +71,6 @@ def fit(
     while len(history) < epochs:
         epoch = len(history)
         started = time.perf_counter()
-        spent = sum(row["seconds"] for row in history)  # the plan's measure, resumed epochs included
-        if time_limit is not None and epoch > 0 and spent + history[-1]["seconds"] > time_limit:
-            print(f"stopping after epoch {epoch}/{epochs}: the next would pass the time limit", flush=True)
-            break
         rng = np.random.default_rng([config.seed, epoch])
         order = rng.permutation(len(x_fit))
         epoch_images = augment(x_fit[order], rng, config.shift_pixels, config.flip, config.erase)
@@ -113,7 +107,9 @@ def fit(
         else:
             print(f"epoch {epoch + 1}/{epochs}  {summary}  {row['seconds']:.1f}s", flush=True)
         planned = planned_epochs(config, history)
-        if planned != epochs and planned > len(history):  # fit the schedule to the epochs that fit the limit
+        if planned == len(history) < epochs:
+            print(f"stopping after epoch {planned}/{epochs}: the next would end past the time limit", flush=True)
+        elif planned != epochs:  # fit the schedule to the epochs that fit the limit
             print(f"{planned} epochs fit in the time limit of {config.time_limit:g} minutes", flush=True)
             kernel.sync()
             optimizer.learning_rate = make_schedule(config, steps_per_epoch, planned)
@@ -122,28 +118,27 @@ def fit(
     return history
 
 
-TIMED_EPOCHS = 2  # epochs run before planning; the first also compiles, so the second is the first one timed
-PACE_EPOCHS = 3  # the pace is the median of the last few epochs after the first: one slow epoch does not move it
 SAFETY_MARGIN = 1.03  # an epoch is planned 3% longer than the pace, for a machine's noise
 
 
 def planned_epochs(config: TrainConfig, history: list[dict[str, float]]) -> int:
     """How many epochs the run trains: `config.epochs`, or with a time limit, as many as fit in it.
 
-    The plan is made after the first `TIMED_EPOCHS` epochs and judged again
-    after every later one, at the pace of the recent epochs; it is only ever
-    lowered (should the machine slow down), so the schedule changes rarely. It
-    depends on the history alone, so a resumed run makes the same plan.
+    Judged after every epoch from the time spent so far and the pace: the
+    median epoch after the first, which also compiled the training step (so
+    one slow epoch, a busy moment, barely moves it). Until a second epoch is
+    timed, the first one's time only decides whether a second fits at all. It
+    depends on the history alone, so a resumed run makes the same plan as the
+    uninterrupted one.
     """
-    epochs = config.epochs
-    if config.time_limit is None:
-        return epochs
-    for timed in range(TIMED_EPOCHS, len(history) + 1):
-        spent = sum(row["seconds"] for row in history[:timed])
-        recent = [row["seconds"] for row in history[1:timed][-PACE_EPOCHS:]]
-        per_epoch = SAFETY_MARGIN * float(np.median(recent))
-        epochs = min(epochs, timed + max(0, int((60 * config.time_limit - spent) // per_epoch)))
-    return epochs
+    if config.time_limit is None or not history:
+        return config.epochs
+    seconds = [row["seconds"] for row in history]
+    left = 60 * config.time_limit - sum(seconds)
+    if len(seconds) == 1:
+        return config.epochs if left >= seconds[0] else 1
+    pace = SAFETY_MARGIN * float(np.median(seconds[1:]))
+    return min(config.epochs, len(seconds) + int(max(0.0, left) // pace))
 
 
 def make_schedule(config: TrainConfig, steps_per_epoch: int, epochs: int | None = None) -> Any:
