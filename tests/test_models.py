@@ -222,6 +222,27 @@ def test_a_timed_run_trains_the_planned_epochs_on_a_schedule_fitted_to_them(monk
     assert float(schedule(2 * planned)) == pytest.approx(0.0, abs=1e-9)  # and decays to zero there
 
 
+def test_replanning_keeps_the_training_state(monkeypatch) -> None:
+    """A run whose plan changes mid-way (a new schedule, a rebuilt kernel) ends where a run planned so from
+    the start ends: with a constant learning rate the two differ in nothing else."""
+    images = RNG.integers(0, 256, (32, 28, 28), dtype=np.uint8)
+    labels = RNG.integers(0, 10, 32).astype(np.uint8)
+
+    def final_probabilities(settings: config.TrainConfig) -> np.ndarray:
+        clock = iter(range(0, 10**6, 5))  # every epoch takes 5 s
+        monkeypatch.setattr(train.time, "perf_counter", lambda: float(next(clock)))
+        keras.utils.set_random_seed(3)
+        model = models.build_mlp()
+        history = train.fit(settings, model, images, labels, images[:16], labels[:16])
+        return len(history), models.compile_predict(model)(images)
+
+    timed_epochs, timed = final_probabilities(config.TrainConfig(epochs=20, batch_size=16, time_limit=1.0))
+    assert 2 < timed_epochs < 20  # the plan changed after the second epoch
+    planned_epochs, planned = final_probabilities(config.TrainConfig(epochs=timed_epochs, batch_size=16))
+    assert planned_epochs == timed_epochs
+    np.testing.assert_allclose(timed, planned, rtol=1e-6)
+
+
 def test_a_checkpoint_of_another_architecture_is_a_clear_error(tmp_path: Path) -> None:
     settings = config.TrainConfig(epochs=1, batch_size=16)
     images = RNG.integers(0, 256, (16, 28, 28), dtype=np.uint8)
