@@ -22,6 +22,7 @@ def test_bench_accuracy_trains_each_seed_and_writes_the_table_and_plot(tmp_path:
         metadata = runs.read_metadata(Path(summary["runs_folder"]) / run["run"])
         assert metadata["seed"] == run["seed"] and metadata["model"] == "mlp"
         assert run["test_accuracy"] == metadata["metrics"]["test"]["accuracy"]
+        assert run["machine"] == metadata["machine"]["cpu"]
         assert 0.5 < run["test_accuracy"] < 1 and run["minutes"] > run["fit_minutes"] > 0
     assert result["runs"][0]["test_accuracy"] != result["runs"][1]["test_accuracy"]  # seeds differ
     assert result["test_accuracy_std"] > 0 and result["inference_images_per_second"] > 1000
@@ -29,7 +30,8 @@ def test_bench_accuracy_trains_each_seed_and_writes_the_table_and_plot(tmp_path:
 
     text = markdown.read_text()
     assert "fmnist bench accuracy --models mlp --seeds 2 --budget-minutes 0.0001" in text
-    assert "| mlp | 109,386 | jax | 1 of 10 |" in text
+    assert "| mlp | 109,386 | jax | 1 |" in text
+    assert "as many of up to 10 epochs as fit in 0.0001 minutes of training" in text
     assert json.loads(markdown.with_suffix(".json").read_text())["results"][0]["runs"] == result["runs"]
     assert (markdown.parent / "accuracy_vs_time.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -37,6 +39,7 @@ def test_bench_accuracy_trains_each_seed_and_writes_the_table_and_plot(tmp_path:
     root = Path(summary["runs_folder"])
     ledger = json.loads((root / "bench.json").read_text())
     ledger["runs"].pop()  # as if killed after seed 1 finished but before it was recorded
+    del ledger["runs"][0]["machine"]  # as a ledger written before runs recorded their CPU
     (root / "bench.json").write_text(json.dumps(ledger))
     (root / "mlp-seed1.partial").mkdir()
     with pytest.raises(FmnistError, match="was run with --models mlp --seeds 2 --budget-minutes 0.0001"):

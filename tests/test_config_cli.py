@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from fmnist import ConfigError, cli, config
+from fmnist import ConfigError, cli, config, train
 
 
 def test_defaults_are_the_seed_scripts_hyperparameters() -> None:
@@ -57,7 +57,8 @@ def test_bad_settings_are_one_line_and_exit_2(
         (["train", "--backend", "torch"], "unsupported backend 'torch'"),
         (["train", "--config", "/no/such/file.toml"], "config file not found"),
         (["train", "--no-such-flag"], "unrecognized arguments"),
-        (["train", "--time-limit", "0"], "expected a positive number"),
+        (["train", "--time-limit", "-1"], "expected a number >= 0"),
+        (["bench", "accuracy", "--budget-minutes", "0"], "expected a positive number"),
         (["bench", "accuracy", "--models", "mlp,vgg"], "unknown model 'vgg'"),
         (["bench", "accuracy", "--models", ","], "expected comma-separated names"),
         (["frobnicate"], "invalid choice"),
@@ -100,8 +101,8 @@ def test_every_model_has_a_valid_recipe(model: str) -> None:
         ("warmup_epochs = 1\n", "warmup_epochs applies to schedule = 'cosine' only"),
         ("precision = 'float16'\n", "precision must be one of float32, bfloat16"),
         ("flip_average = 1\n", "flip_average must be true or false"),
-        ("time_limit = 0\n", "time_limit must be a number of minutes > 0"),
-        ("time_limit = '5 min'\n", "time_limit must be a number of minutes > 0"),
+        ("time_limit = -1\n", "time_limit must be a number of minutes >= 0"),
+        ("time_limit = '5 min'\n", "time_limit must be a number of minutes >= 0"),
     ],
 )
 def test_bad_recipe_values_are_clear_errors(tmp_path: Path, text: str, expected: str) -> None:
@@ -143,3 +144,5 @@ def test_the_time_limit_flag_overrides_the_recipe(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(experiment, "train_run", lambda settings, **_: trained.append(settings) or tmp_path)
     assert cli.main(["train", "--time-limit", "2.5", "--epochs", "30"]) == 0
     assert (trained[0].time_limit, trained[0].epochs) == (2.5, 30)
+    assert cli.main(["train", "--model", "mlp", "--time-limit", "0"]) == 0  # 0: no limit
+    assert train.planned_epochs(trained[1], [{"seconds": 1e9}] * 2) == trained[1].epochs

@@ -45,9 +45,17 @@ model = models.build("cnn", "bfloat16")
 assert model.dtype_policy.name == "mixed_bfloat16"
 images = np.random.default_rng(1).integers(0, 256, (32, 28, 28), dtype=np.uint8)
 labels = np.random.default_rng(2).integers(0, 10, 32).astype(np.uint8)
-history = train.fit(config.TrainConfig(model="cnn", epochs=2, batch_size=32, precision="bfloat16"),
-                    model, images, labels, images, labels)
+settings = config.TrainConfig(model="cnn", epochs=2, batch_size=16, precision="bfloat16", optimizer="adamw",
+                              schedule="cosine", warmup_epochs=0.5)
+optimizers = []
+make_optimizer = train.make_optimizer
+train.make_optimizer = lambda settings: optimizers.append(make_optimizer(settings)) or optimizers[-1]
+history = train.fit(settings, model, images, labels, images, labels)
 assert history[1]["loss"] < history[0]["loss"], history
+# The TensorFlow kernel sets the learning rate at every step: the last step ran at the schedule's last rate.
+(optimizer,) = optimizers
+assert int(optimizer.iterations) == 4
+assert float(optimizer.learning_rate) == train.learning_rates(settings, 2, 2, 3, 1)[0] > 0, optimizer.learning_rate
 final = models.for_inference(model, "cnn")
 assert final is not model and {layer.compute_dtype for layer in final.layers[1:]} == {"float32"}
 for trained, copied in zip(model.get_weights(), final.get_weights()):

@@ -71,9 +71,12 @@ def test_unknown_model_names_are_a_clear_error() -> None:
 def test_chunks_cover_every_image_once_including_a_partial_batch() -> None:
     images = np.arange(70 * 2 * 2).reshape(70, 2, 2)
     labels = np.arange(70)
-    seen = [chunk_labels for _, chunk_labels in train._chunks(images, labels, batch_size=32)]
-    assert [chunk.shape for chunk in seen] == [(2, 32), (1, 6)]
-    np.testing.assert_array_equal(np.concatenate([c.ravel() for c in seen]), labels)
+    rates = np.arange(3, dtype=np.float32)  # one per step: 2 full batches and a partial one
+    chunks = list(train._chunks(images, labels, rates, batch_size=32))
+    assert [chunk_labels.shape for _, chunk_labels, _ in chunks] == [(2, 32), (1, 6)]
+    np.testing.assert_array_equal(np.concatenate([c.ravel() for _, c, _ in chunks]), labels)
+    # Each step gets its own learning rate, in order.
+    assert [chunk_rates.tolist() for _, _, chunk_rates in chunks] == [[0.0, 1.0], [2.0]]
 
 
 CROSS_BACKEND = """
@@ -137,13 +140,31 @@ def test_a_recipe_with_every_option_resumes_exactly(tmp_path: Path, monkeypatch:
     assert strip(resumed) == strip(uninterrupted)
 
 
+@pytest.mark.parametrize("epochs, steps_per_epoch, warmup_epochs", [(5, 7, 1), (3, 10, 0.5), (4, 6, 0.0), (1, 1, 0.0)])
+def test_the_cosine_schedule_is_kerass(epochs: int, steps_per_epoch: int, warmup_epochs: float) -> None:
+    settings = config.TrainConfig(
+        epochs=epochs, learning_rate=0.003, schedule="cosine", warmup_epochs=warmup_epochs
+    )
+    total = epochs * steps_per_epoch
+    warmup = int(round(warmup_epochs * steps_per_epoch))
+    keras_schedule = keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=0.0 if warmup else 0.003, decay_steps=max(total - warmup, 1),
+        warmup_target=0.003 if warmup else None, warmup_steps=warmup,
+    )
+    expected = [float(keras_schedule(step)) for step in range(total)]
+    rates = train.learning_rates(settings, steps_per_epoch, epochs, 0, total)
+    np.testing.assert_allclose(rates, expected, rtol=1e-5, atol=1e-9)
+    # Any stretch of steps is the same slice of the run's schedule.
+    np.testing.assert_array_equal(train.learning_rates(settings, steps_per_epoch, epochs, 1, total - 1), rates[1:])
+
+
 def test_a_warm_up_as_long_as_the_run_still_leaves_a_decay_step() -> None:
     settings = config.TrainConfig(epochs=1, schedule="cosine", warmup_epochs=0.9)
-    optimizer = train.make_optimizer(settings, steps_per_epoch=3)  # rounds the warm-up to all 3 steps
-    assert float(optimizer.learning_rate) >= 0.0
+    rates = train.learning_rates(settings, steps_per_epoch=3, epochs=1, start=0, count=3)  # warm-up rounds to 3
+    np.testing.assert_allclose(rates, [0.0, 0.0005, 0.001])  # 2 warm-up steps, then the peak
 
 
-def test_a_time_limit_stops_before_an_epoch_that_would_pass_it(tmp_path: Path) -> None:
+def test_a_time_limit_ends_the_run_with_the_epochs_that_fit(tmp_path: Path) -> None:
     images = RNG.integers(0, 256, (64, 28, 28), dtype=np.uint8)
     labels = RNG.integers(0, 10, 64).astype(np.uint8)
     fit = lambda minutes, checkpoint=None: train.fit(  # noqa: E731
@@ -200,47 +221,66 @@ def test_the_run_says_whether_its_schedule_ended_within_the_time_limit() -> None
 def test_a_timed_run_trains_the_planned_epochs_on_a_schedule_fitted_to_them(monkeypatch) -> None:
     clock = iter(range(0, 10**6, 5))  # every reading of the clock is 5 s after the one before
     monkeypatch.setattr(train.time, "perf_counter", lambda: float(next(clock)))
-    schedules = []
-    real_make_schedule = train.make_schedule
+    trained_rates = []
+    real_make_kernel = train._make_kernel
 
-    def recorded(settings, steps_per_epoch, epochs=None):
-        schedules.append(epochs)
-        return real_make_schedule(settings, steps_per_epoch, epochs)
+    def recording_kernel(*args):
+        kernel = real_make_kernel(*args)
+        real_train = kernel.train
+        kernel.train = lambda images, labels, rates: trained_rates.append(rates) or real_train(images, labels, rates)
+        return kernel
 
-    monkeypatch.setattr(train, "make_schedule", recorded)
+    monkeypatch.setattr(train, "_make_kernel", recording_kernel)
     settings = config.TrainConfig(
         epochs=20, batch_size=16, optimizer="adamw", schedule="cosine", warmup_epochs=1, time_limit=1.0
     )
-    images = RNG.integers(0, 256, (32, 28, 28), dtype=np.uint8)
+    images = RNG.integers(0, 256, (32, 28, 28), dtype=np.uint8)  # 2 steps per epoch
     labels = RNG.integers(0, 10, 32).astype(np.uint8)
     history = train.fit(settings, models.build_mlp(), images, labels, images[:16], labels[:16])
     planned = train.planned_epochs(settings, history)
     assert 2 < planned < 20 and len(history) == planned
     assert sum(row["seconds"] for row in history) <= 60
-    assert schedules[-1] == planned  # the last schedule ends with the last planned epoch
-    schedule = real_make_schedule(settings, steps_per_epoch=2, epochs=planned)
-    assert float(schedule(2 * planned)) == pytest.approx(0.0, abs=1e-9)  # and decays to zero there
+    rates = np.concatenate(trained_rates)
+    assert len(rates) == 2 * planned
+    # Planned after two epochs: those ran on the recipe's 20-epoch schedule, the rest on the fitted one,
+    # whose last step is the last of the run.
+    np.testing.assert_array_equal(rates[:4], train.learning_rates(settings, 2, 20, 0, 4))
+    np.testing.assert_array_equal(rates[4:], train.learning_rates(settings, 2, planned, 4, 2 * planned - 4))
+    assert rates[-1] < 0.05 * settings.learning_rate < rates[4]
 
 
-def test_replanning_keeps_the_training_state(monkeypatch) -> None:
-    """A run whose plan changes mid-way (a new schedule, a rebuilt kernel) ends where a run planned so from
-    the start ends: with a constant learning rate the two differ in nothing else."""
+def test_a_timed_run_resumed_after_its_plan_changed_ends_as_the_uninterrupted_one(monkeypatch, tmp_path) -> None:
     images = RNG.integers(0, 256, (32, 28, 28), dtype=np.uint8)
     labels = RNG.integers(0, 10, 32).astype(np.uint8)
+    settings = config.TrainConfig(
+        epochs=20, batch_size=16, optimizer="adamw", schedule="cosine", warmup_epochs=1, time_limit=1.0
+    )
 
-    def final_probabilities(settings: config.TrainConfig) -> np.ndarray:
-        clock = iter(range(0, 10**6, 5))  # every epoch takes 5 s
+    def run(checkpoint: Path | None):
+        clock = iter(range(0, 10**6, 5))  # every epoch takes 5 s, in every process
         monkeypatch.setattr(train.time, "perf_counter", lambda: float(next(clock)))
         keras.utils.set_random_seed(3)
         model = models.build_mlp()
-        history = train.fit(settings, model, images, labels, images[:16], labels[:16])
-        return len(history), models.compile_predict(model)(images)
+        history = train.fit(settings, model, images, labels, images[:16], labels[:16], checkpoint)
+        return history, models.compile_predict(model)(images)
 
-    timed_epochs, timed = final_probabilities(config.TrainConfig(epochs=20, batch_size=16, time_limit=1.0))
-    assert 2 < timed_epochs < 20  # the plan changed after the second epoch
-    planned_epochs, planned = final_probabilities(config.TrainConfig(epochs=timed_epochs, batch_size=16))
-    assert planned_epochs == timed_epochs
-    np.testing.assert_allclose(timed, planned, rtol=1e-6)
+    history, uninterrupted = run(None)
+    assert 4 < len(history) < 20  # planned after the second epoch
+    checkpoint, real_save, saves = tmp_path / "checkpoint.npz", train._save, []
+
+    def save_then_stop(*args) -> None:
+        real_save(*args)
+        saves.append(1)
+        if len(saves) == 4:
+            raise KeyboardInterrupt  # killed after the fourth epoch, on the fitted schedule
+
+    monkeypatch.setattr(train, "_save", save_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        run(checkpoint)
+    monkeypatch.setattr(train, "_save", real_save)
+    resumed_history, resumed = run(checkpoint)
+    assert len(resumed_history) == len(history)
+    np.testing.assert_allclose(resumed, uninterrupted, rtol=1e-6)
 
 
 def test_a_checkpoint_of_another_architecture_is_a_clear_error(tmp_path: Path) -> None:

@@ -427,6 +427,8 @@ def _accuracy_summary(ledger: dict, specs: list, root: Path, command: str) -> di
         if not model_runs:
             continue
         first = runs.read_metadata(root / model_runs[0]["run"])
+        for run in model_runs:  # ledgers written before runs recorded their CPU: from the run's own metadata
+            run.setdefault("machine", runs.read_metadata(root / run["run"])["machine"]["cpu"])
         test = np.array([run["test_accuracy"] for run in model_runs])
         results.append({
             "model": spec.name,
@@ -476,8 +478,11 @@ def _inference_speed(predictor, images) -> float:
 
 def _recipe_words(recipe: dict) -> str:
     """A recipe in a few words: what differs from the reference model's defaults."""
+    epochs = f"{recipe['epochs']} epochs"
+    if recipe.get("time_limit"):
+        epochs = f"as many of up to {recipe['epochs']} epochs as fit in {recipe['time_limit']:g} minutes of training"
     words = [
-        f"{recipe['epochs']} epochs", f"batch {recipe['batch_size']}",
+        epochs, f"batch {recipe['batch_size']}",
         f"{recipe['optimizer']} lr {recipe['learning_rate']:g}",
     ]
     if recipe["weight_decay"]:
@@ -514,8 +519,9 @@ def _accuracy_markdown(summary: dict, figure: str) -> str:
         "Each model is trained with its own recipe once per seed, each run a whole `fmnist train` process "
         "(training time = import to exit: data, training, scoring, figures). Test accuracy is the mean ± "
         "standard deviation over the seeds on the 10,000 test images, each scored once, after training ended; "
-        f"validation accuracy is on the {held_out}, which are never trained on. A run stopped by "
-        "`--budget-minutes` did not finish its learning-rate schedule. "
+        f"validation accuracy is on the {held_out}, which are never trained on. A recipe with a time limit "
+        "(`--budget-minutes` sets one for every model) trains as many epochs as fit in it, its learning-rate "
+        "schedule fitted to them, so its epochs depend on the machine. "
         "Inference: the first seed's saved model, 10,000 test images, median of 3 passes.",
         "",
         "| model | parameters | trains on | epochs | training time (min) | test accuracy | validation accuracy | "
@@ -526,7 +532,7 @@ def _accuracy_markdown(summary: dict, figure: str) -> str:
         runs = result["runs"]
         trained = sorted({run["epochs_trained"] for run in runs})
         epochs = "/".join(map(str, trained))
-        if trained != [result["recipe"]["epochs"]]:
+        if trained != [result["recipe"]["epochs"]] and not result["recipe"].get("time_limit"):
             epochs += f" of {result['recipe']['epochs']}"
         spread = f" ± {100 * result['test_accuracy_std']:.2f}" if result["test_accuracy_std"] is not None else ""
         minutes = [run["minutes"] for run in runs]
@@ -546,8 +552,8 @@ def _accuracy_markdown(summary: dict, figure: str) -> str:
     for result in summary["results"]:
         lines.append(f"- **{result['model']}** ({result['description']}): {_recipe_words(result['recipe'])}. "
                      f"Final model: {result['selection']}.")
-    # A benchmark resumed on another machine names each run's CPU (older ledgers did not record it).
-    cpus = {run.get("machine", machine["cpu"]) for result in summary["results"] for run in result["runs"]}
+    # A benchmark resumed on another machine names each run's CPU.
+    cpus = {run["machine"] for result in summary["results"] for run in result["runs"]}
     lines += [
         "", "## Every run", "",
         "| model | seed | minutes | epochs | test accuracy | validation accuracy | peak memory (MB) |"
@@ -559,7 +565,7 @@ def _accuracy_markdown(summary: dict, figure: str) -> str:
             lines.append(
                 f"| {result['model']} | {run['seed']} | {run['minutes']:.2f} | {run['epochs_trained']} | "
                 f"{100 * run['test_accuracy']:.2f}% | {100 * run['validation_accuracy']:.2f}% | {run['peak_mb']:.0f} |"
-                + (f" {run.get('machine', machine['cpu'])} |" if len(cpus) > 1 else "")
+                + (f" {run['machine']} |" if len(cpus) > 1 else "")
             )
     versions = ", ".join(f"{name} {version}" for name, version in summary["versions"].items())
     here = f"{machine['cpu']}, {machine['cores']} cores, {machine['platform']}"

@@ -40,15 +40,24 @@ _positive_int = _integer_from(1)
 _non_negative_int = _integer_from(0)
 
 
-def _positive_float(text: str) -> float:
-    """An argparse type: a finite number above 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number, received {text!r}")
-    return value
+def _float_from(minimum: float, inclusive: bool):
+    """An argparse type: a finite number above `minimum` (or equal to it, if `inclusive`)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = float("nan")
+        if not (minimum <= value if inclusive else minimum < value) or not value < float("inf"):
+            wanted = "a number >= 0" if inclusive and minimum == 0 else "a positive number"
+            raise argparse.ArgumentTypeError(f"expected {wanted}, received {text!r}")
+        return value
+
+    return parse
+
+
+_positive_float = _float_from(0, inclusive=False)
+_non_negative_float = _float_from(0, inclusive=True)
 
 
 def _names(text: str) -> list[str]:
@@ -82,8 +91,9 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--train-images", type=_positive_int, help="use only the first N training images")
     train.add_argument("--test-images", type=_positive_int, help="use only the first N test images")
     train.add_argument("--backend", help="Keras backend: jax or tensorflow (default: the model's fastest)")
-    train.add_argument("--time-limit", type=_positive_float, metavar="MINUTES",
-                       help="train as many epochs as fit in this many minutes, the schedule fitted to them")
+    train.add_argument("--time-limit", type=_non_negative_float, metavar="MINUTES",
+                       help="train as many epochs as fit in this many minutes, the schedule fitted to them "
+                       "(0: no limit, all the recipe's epochs)")
     train.add_argument("--out", type=Path, help="run folder (default: runs/<UTC time>-<model>)")
     train.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue an unfinished run")
     train.add_argument("--data-dir", type=Path, help="directory with the four IDX files")

@@ -47,8 +47,8 @@ class TrainConfig:
     # Test-time augmentation: the saved model averages its probabilities over each
     # image and its mirror image (for models trained with flip = true).
     flip_average: bool = False
-    # Minutes of training (the epoch loop) the run may take (None: no limit). The run
-    # trains as many of its `epochs` as fit, timed on its first epochs, and fits its
+    # Minutes of training (the epoch loop) the run may take (None or 0: no limit). The
+    # run trains as many of its `epochs` as fit, timed as it goes, and fits its
     # learning-rate schedule to them, so a recipe keeps its budget on any machine.
     time_limit: float | None = None
     # Use only the first N training / test images (None: all). For quick checks;
@@ -102,8 +102,10 @@ class TrainConfig:
         for name in ("flip", "flip_average"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false. Received: {name}={getattr(self, name)!r}")
-        if self.time_limit is not None and (not _is_number(self.time_limit) or self.time_limit <= 0):
-            raise ConfigError(f"time_limit must be a number of minutes > 0. Received: time_limit={self.time_limit!r}")
+        if self.time_limit is not None and (not _is_number(self.time_limit) or self.time_limit < 0):
+            raise ConfigError(
+                f"time_limit must be a number of minutes >= 0 (0: no limit). Received: time_limit={self.time_limit!r}"
+            )
         for name in ("train_images", "test_images"):
             if getattr(self, name) is not None:
                 _check_positive_int(name, getattr(self, name))

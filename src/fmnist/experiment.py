@@ -149,7 +149,7 @@ def _score_and_report(
 
 def _selection(config: TrainConfig, history: list[dict[str, float]]) -> str:
     """How the saved model was chosen, in words."""
-    if config.time_limit is None:
+    if not config.time_limit:
         return "the model after the last epoch (no early stopping)"
     trained_under = train.planned_epochs(config, history[:-1])  # the plan the last epoch trained under
     if trained_under == len(history):

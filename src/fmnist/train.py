@@ -54,14 +54,13 @@ def fit(
     the run on any machine. At least one epoch runs.
     """
     steps_per_epoch = -(-len(x_fit) // config.batch_size)
-    optimizer = make_optimizer(config, steps_per_epoch)
+    optimizer = make_optimizer(config)
     loss_fn = keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing)
     optimizer.build(model.trainable_variables)
     history: list[dict[str, float]] = []
     if checkpoint is not None and checkpoint.exists():
         history = _restore(checkpoint, model, optimizer)
     epochs = planned_epochs(config, history)
-    optimizer.learning_rate = make_schedule(config, steps_per_epoch, epochs)
     kernel = _make_kernel(model, optimizer, loss_fn)
     predict = compile_predict(model)
     y_val_onehot = np.eye(NUM_CLASSES, dtype=np.float32)[y_val]
@@ -74,10 +73,13 @@ def fit(
         rng = np.random.default_rng([config.seed, epoch])
         order = rng.permutation(len(x_fit))
         epoch_images = augment(x_fit[order], rng, config.shift_pixels, config.flip, config.erase)
+        # The schedule is computed here, step by step, for the epochs planned now: a
+        # new plan needs no new compiled kernel.
+        rates = learning_rates(config, steps_per_epoch, epochs, epoch * steps_per_epoch, steps_per_epoch)
         bar = _progress(epoch, epochs, steps_per_epoch, on_terminal)
         loss_sum, correct = 0.0, 0
-        for images, labels in _chunks(epoch_images, y_fit[order], config.batch_size):
-            chunk_loss, chunk_correct = kernel.train(images, labels)
+        for images, labels, chunk_rates in _chunks(epoch_images, y_fit[order], rates, config.batch_size):
+            chunk_loss, chunk_correct = kernel.train(images, labels, chunk_rates)
             loss_sum, correct = loss_sum + chunk_loss, correct + chunk_correct
             bar.update(len(images))
         kernel.sync()
@@ -109,11 +111,8 @@ def fit(
         planned = planned_epochs(config, history)
         if planned == len(history) < epochs:
             print(f"stopping after epoch {planned}/{epochs}: the next would end past the time limit", flush=True)
-        elif planned != epochs:  # fit the schedule to the epochs that fit the limit
+        elif planned != epochs:  # the schedule of the next epochs is fitted to the new plan
             print(f"{planned} epochs fit in the time limit of {config.time_limit:g} minutes", flush=True)
-            kernel.sync()
-            optimizer.learning_rate = make_schedule(config, steps_per_epoch, planned)
-            kernel = _make_kernel(model, optimizer, loss_fn)  # traced anew with the new schedule
         epochs = planned
     return history
 
@@ -131,7 +130,7 @@ def planned_epochs(config: TrainConfig, history: list[dict[str, float]]) -> int:
     depends on the history alone, so a resumed run makes the same plan as the
     uninterrupted one.
     """
-    if config.time_limit is None or not history:
+    if not config.time_limit or not history:  # no limit (None or 0), or nothing timed yet
         return config.epochs
     seconds = [row["seconds"] for row in history]
     left = 60 * config.time_limit - sum(seconds)
@@ -141,30 +140,33 @@ def planned_epochs(config: TrainConfig, history: list[dict[str, float]]) -> int:
     return min(config.epochs, len(seconds) + int(max(0.0, left) // pace))
 
 
-def make_schedule(config: TrainConfig, steps_per_epoch: int, epochs: int | None = None) -> Any:
-    """The learning rate over a run of `epochs` (default `config.epochs`): a number, or a schedule of the step."""
-    total = (epochs or config.epochs) * steps_per_epoch
-    if config.schedule != "cosine" or total <= 1:
-        return config.learning_rate
+def learning_rates(config: TrainConfig, steps_per_epoch: int, epochs: int, start: int, count: int) -> np.ndarray:
+    """The learning rate of optimizer steps `start` to `start + count` of a run of `epochs`: float32 (count,).
+
+    "constant": the recipe's rate. "cosine": Keras's `CosineDecay` with a
+    warm-up, as a formula: a linear rise from 0 over `warmup_epochs`, then a
+    half cosine that reaches 0 at the end of the run.
+    """
+    if config.schedule != "cosine":
+        return np.full(count, config.learning_rate, np.float32)
+    total = epochs * steps_per_epoch
     warmup = min(int(round(config.warmup_epochs * steps_per_epoch)), total - 1)  # at least one decay step
-    return keras.optimizers.schedules.CosineDecay(
-        initial_learning_rate=0.0 if warmup else config.learning_rate,
-        decay_steps=total - warmup,
-        warmup_target=config.learning_rate if warmup else None,
-        warmup_steps=warmup,
-    )
+    step = np.arange(start, start + count, dtype=np.float64)
+    rising = config.learning_rate * step / max(warmup, 1)
+    progress = np.clip((step - warmup) / max(total - warmup, 1), 0.0, 1.0)
+    falling = config.learning_rate * 0.5 * (1.0 + np.cos(np.pi * progress))
+    return np.where(step < warmup, rising, falling).astype(np.float32)
 
 
-def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> Any:
-    """The recipe's optimizer, with its learning-rate schedule over `config.epochs`."""
-    learning_rate = make_schedule(config, steps_per_epoch)
+def make_optimizer(config: TrainConfig) -> Any:
+    """The recipe's optimizer. Its learning rate is a variable that the training kernel sets at every step."""
     if config.optimizer == "adamw":
-        return keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=config.weight_decay)
-    return keras.optimizers.Adam(learning_rate=learning_rate)
+        return keras.optimizers.AdamW(learning_rate=config.learning_rate, weight_decay=config.weight_decay)
+    return keras.optimizers.Adam(learning_rate=config.learning_rate)
 
 
-def _chunks(images: np.ndarray, labels: np.ndarray, batch_size: int):
-    """Yield (images, labels) shaped (steps, batch, ...): full chunks, then the rest.
+def _chunks(images: np.ndarray, labels: np.ndarray, rates: np.ndarray, batch_size: int):
+    """Yield (images, labels, rates) shaped (steps, batch, ...), (steps, batch), (steps,): full chunks, then the rest.
 
     A last partial batch, as Keras's `fit` has, comes as its own chunk of one step.
     At most three shapes occur, so the kernel compiles at most three times.
@@ -176,9 +178,10 @@ def _chunks(images: np.ndarray, labels: np.ndarray, batch_size: int):
         yield (
             images[start:stop].reshape(-1, batch_size, *images.shape[1:]),
             labels[start:stop].reshape(-1, batch_size),
+            rates[start // batch_size : stop // batch_size],
         )
     if full < len(images):
-        yield images[full:][None], labels[full:][None]
+        yield images[full:][None], labels[full:][None], rates[-1:]
 
 
 def _progress(epoch: int, epochs: int, steps: int, enabled: bool):
@@ -198,7 +201,8 @@ def _progress(epoch: int, epochs: int, steps: int, enabled: bool):
 class _Kernel:
     """A backend's compiled training steps over the model's own variables."""
 
-    train: Callable[[np.ndarray, np.ndarray], tuple[float, int]]
+    # (images, labels, learning rates) of a chunk of steps -> (summed loss, correct predictions)
+    train: Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[float, int]]
 
     def sync(self) -> None:
         """Write the kernel's state into the Keras variables."""
@@ -233,26 +237,29 @@ class _JaxKernel(_Kernel):
             return loss, (probabilities, non_trainable)
 
         gradient = jax.value_and_grad(loss_of, has_aux=True)
+        # The learning rate is one of the optimizer's variables; each step sets it.
+        rate_index = next(i for i, v in enumerate(optimizer.variables) if v is optimizer.learning_rate)
 
         def step(state, batch):
             trainable, non_trainable, optimizer_state = state
-            images, labels = batch  # (batch, 28, 28) uint8, (batch,) uint8
+            images, labels, rate = batch  # (batch, 28, 28) uint8, (batch,) uint8, () float32
             (loss, (probabilities, non_trainable)), grads = gradient(
                 trainable, non_trainable, images, labels
             )
+            optimizer_state = [rate if i == rate_index else v for i, v in enumerate(optimizer_state)]
             trainable, optimizer_state = optimizer.stateless_apply(optimizer_state, grads, trainable)
             correct = jnp.sum(jnp.argmax(probabilities, axis=1) == labels)
             return (trainable, non_trainable, optimizer_state), (loss * images.shape[0], correct)
 
-        def train_chunk(state, images, labels):
-            state, (losses, correct) = jax.lax.scan(step, state, (images, labels))
+        def train_chunk(state, images, labels, rates):
+            state, (losses, correct) = jax.lax.scan(step, state, (images, labels, rates))
             return state, jnp.sum(losses), jnp.sum(correct)
 
         self._train_chunk = jax.jit(train_chunk)
         self.load()
 
-    def train(self, images: np.ndarray, labels: np.ndarray) -> tuple[float, int]:
-        self.state, loss_sum, correct = self._train_chunk(self.state, images, labels)
+    def train(self, images: np.ndarray, labels: np.ndarray, rates: np.ndarray) -> tuple[float, int]:
+        self.state, loss_sum, correct = self._train_chunk(self.state, images, labels, rates)
         return float(loss_sum), int(correct)
 
     def load(self) -> None:
@@ -279,11 +286,12 @@ class _TensorFlowKernel(_Kernel):
     def __init__(self, model: keras.Model, optimizer: Any, loss_fn: Any) -> None:
         import tensorflow as tf
 
-        def train_chunk(images, labels):
+        def train_chunk(images, labels, rates):
             loss_sum = tf.constant(0.0)
             correct = tf.constant(0, tf.int64)
             for index in tf.range(tf.shape(images)[0]):
                 batch_images, batch_labels = images[index], tf.cast(labels[index], tf.int64)
+                optimizer.learning_rate.assign(rates[index])  # the learning-rate variable
                 with tf.GradientTape() as tape:
                     probabilities = model(batch_images, training=True)
                     loss = loss_fn(tf.one_hot(batch_labels, NUM_CLASSES), probabilities)
@@ -298,8 +306,8 @@ class _TensorFlowKernel(_Kernel):
         # XLA made TensorFlow's CPU training slower here, so the graph runs as is.
         self._train_chunk = tf.function(train_chunk, jit_compile=False, reduce_retracing=True)
 
-    def train(self, images: np.ndarray, labels: np.ndarray) -> tuple[float, int]:
-        loss_sum, correct = self._train_chunk(images, labels)
+    def train(self, images: np.ndarray, labels: np.ndarray, rates: np.ndarray) -> tuple[float, int]:
+        loss_sum, correct = self._train_chunk(images, labels, rates)
         return float(loss_sum), int(correct)
 
 
