@@ -333,6 +333,7 @@ def accuracy(
         _write_ledger(root, ledger)  # from the start, so that even the first run can be resumed
     specs = [models.get(name) for name in settings["models"]]  # unknown names fail before any training
     specs.sort(key=lambda spec: list(models.MODELS).index(spec.name))  # trained and reported in the registry's order
+    settings["models"] = [spec.name for spec in specs]
     if settings != ledger["settings"]:  # models added to a resumed benchmark
         ledger["settings"] = settings
         _write_ledger(root, ledger)
