@@ -97,3 +97,15 @@ def test_the_report_names_each_runs_cpu_when_they_differ() -> None:
     assert "The runs ran on: CPU A; CPU B. This report was written on CPU A" in mixed
     elsewhere = bench._accuracy_markdown(_summary(["CPU B"]), "plot.png")  # a finished bench reported elsewhere
     assert "The runs ran on: CPU B. This report was written on CPU A" in elsewhere
+
+
+def test_a_model_trained_on_every_image_shows_no_validation_accuracy() -> None:
+    summary = _summary(["CPU A"])
+    (result,) = summary["results"]
+    result["runs"][0]["validation_accuracy"] = result["validation_accuracy_mean"] = None
+    result["validation_images"] = 0
+    text = bench._accuracy_markdown(summary, "plot.png")
+    assert "| 88.00% ± 0.00 (n=1) | — | 100,000 |" in text
+    assert "| mlp | 0 | 1.00 | 10 | 88.00% | — | 500 |" in text
+    assert "validation_split = 0, has none" in text
+    assert bench._mean([0.9, None, 0.8]) == pytest.approx(0.85) and bench._mean([None]) is None

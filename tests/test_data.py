@@ -178,6 +178,10 @@ def test_split_holds_out_the_last_fraction() -> None:
     np.testing.assert_array_equal(x_val.ravel(), np.arange(80, 100))
     with pytest.raises(FmnistError):
         data.split(x[:2], y[:2], 0.2)
+    # 0: every image is for fitting, none held out.
+    x_fit, y_fit, x_val, y_val = data.split(x, y, 0.0)
+    np.testing.assert_array_equal(x_fit, x)
+    assert x_val.shape == (0, 1, 1) and y_val.shape == (0,)
 
 
 def test_the_real_dataset_verifies(real_data_dir: Path) -> None:

@@ -216,3 +216,18 @@ def test_newest_run_is_the_last_trained_and_partial_runs_are_not_evaluated(run_a
     assert runs.newest(tmp_path) == tmp_path / "older"
     shutil.copytree(run_a, tmp_path / "x.partial")
     assert cli.main(["evaluate", str(tmp_path / "x.partial")]) == 1
+
+
+def test_a_run_on_every_training_image_has_no_validation(tmp_path: Path) -> None:
+    from fmnist import config, experiment
+
+    settings = config.TrainConfig(epochs=2, validation_split=0.0, train_images=3000, test_images=500)
+    run_dir = experiment.train_run(settings, out=tmp_path / "all")
+    metadata = runs.read_metadata(run_dir)
+    assert metadata["split"]["fit_images"] == 3000 and metadata["split"]["validation_images"] == 0
+    assert set(metadata["metrics"]) == {"test"} and metadata["metrics"]["test"]["accuracy"] > 0.5
+    with open(run_dir / runs.HISTORY_FILE, newline="") as file:
+        assert next(csv.reader(file)) == ["epoch", "loss", "accuracy", "seconds"]
+    assert "validation accuracy<b>n/a</b>" in (run_dir / runs.REPORT_FILE).read_text()
+    with Image.open(run_dir / runs.FIGURES["curves"]) as image:
+        image.load()

@@ -363,14 +363,14 @@ def accuracy(
                 "peak_mb": timed["peak_mb"],
                 "epochs_trained": len(metadata["timings"]["epoch_seconds"]),
                 "test_accuracy": metadata["metrics"]["test"]["accuracy"],
-                "validation_accuracy": metadata["metrics"]["validation"]["accuracy"],
+                "validation_accuracy": metadata["metrics"].get("validation", {}).get("accuracy"),  # None: no split
                 "machine": metadata["machine"]["cpu"],
             }
             ledger["runs"].append(run)
             _write_ledger(root, ledger)
             print(
                 f"{spec.name:8s} seed {seed}  {run['minutes']:6.2f} min  "
-                f"test {run['test_accuracy']:.2%}  validation {run['validation_accuracy']:.2%}",
+                f"test {run['test_accuracy']:.2%}  validation {_percent(run['validation_accuracy'])}",
                 flush=True,
             )
             if spec.name not in ledger["inference_images_per_second"]:
@@ -441,7 +441,7 @@ def _accuracy_summary(ledger: dict, specs: list, root: Path, command: str) -> di
             "runs": model_runs,
             "test_accuracy_mean": float(test.mean()),
             "test_accuracy_std": float(test.std(ddof=1)) if len(test) > 1 else None,
-            "validation_accuracy_mean": float(np.mean([run["validation_accuracy"] for run in model_runs])),
+            "validation_accuracy_mean": _mean([run["validation_accuracy"] for run in model_runs]),
             "validation_images": first["split"]["validation_images"],
             "minutes_mean": float(np.mean([run["minutes"] for run in model_runs])),
             "inference_images_per_second": ledger["inference_images_per_second"].get(spec.name),
@@ -455,6 +455,16 @@ def _accuracy_summary(ledger: dict, specs: list, root: Path, command: str) -> di
         "references": [{"label": label, "test_accuracy": value} for label, value in REFERENCES],
         "results": results,
     }
+
+
+def _mean(values: list[float | None]) -> float | None:
+    """The mean of the values that exist (a run trained on every image has no validation accuracy)."""
+    present = [value for value in values if value is not None]
+    return sum(present) / len(present) if present else None
+
+
+def _percent(value: float | None) -> str:
+    return "—" if value is None else f"{100 * value:.2f}%"
 
 
 def _write_accuracy_report(markdown: Path, summary: dict) -> None:
@@ -508,8 +518,10 @@ def _accuracy_markdown(summary: dict, figure: str) -> str:
     import numpy as np
 
     machine = summary["machine"]
-    counts = sorted({result["validation_images"] for result in summary["results"]})
+    counts = sorted({result["validation_images"] for result in summary["results"]} - {0})
     held_out = f"last {counts[0]:,} training images" if len(counts) == 1 else "held-out end of the training images"
+    if any(result["validation_images"] == 0 for result in summary["results"]):
+        held_out += " (a model trained on every training image, validation_split = 0, has none: —)"
     lines = [
         "# Accuracy against training time",
         "",
@@ -543,7 +555,7 @@ def _accuracy_markdown(summary: dict, figure: str) -> str:
             f"| {result['model']} | {result['parameters']:,} | {result['backend']} | {epochs} | "
             f"{np.mean(minutes):.2f} ({min(minutes):.2f}-{max(minutes):.2f}) | "
             f"{100 * result['test_accuracy_mean']:.2f}%{spread} (n={len(runs)}) | "
-            f"{100 * result['validation_accuracy_mean']:.2f}% | {speed} |"
+            f"{_percent(result['validation_accuracy_mean'])} | {speed} |"
         )
     references = ", ".join(
         f"{ref['label'].split(' (')[0]} {100 * ref['test_accuracy']:.1f}%" for ref in summary["references"]
@@ -565,7 +577,7 @@ def _accuracy_markdown(summary: dict, figure: str) -> str:
         for run in result["runs"]:
             lines.append(
                 f"| {result['model']} | {run['seed']} | {run['minutes']:.2f} | {run['epochs_trained']} | "
-                f"{100 * run['test_accuracy']:.2f}% | {100 * run['validation_accuracy']:.2f}% | {run['peak_mb']:.0f} |"
+                f"{100 * run['test_accuracy']:.2f}% | {_percent(run['validation_accuracy'])} | {run['peak_mb']:.0f} |"
                 + (f" {run['machine']} |" if len(cpus) > 1 else "")
             )
     versions = ", ".join(f"{name} {version}" for name, version in summary["versions"].items())

@@ -30,7 +30,7 @@ class TrainConfig:
     epochs: int = 10
     batch_size: int = 32  # images per optimizer step
     learning_rate: float = 0.001  # the optimizer's (peak) step size
-    validation_split: float = 0.2  # fraction of the training images held out, from the end
+    validation_split: float = 0.2  # fraction of the training images held out, from the end (0: none)
     seed: int = 42
     optimizer: str = "adam"  # "adam" (Keras's defaults) or "adamw"
     weight_decay: float = 0.0  # AdamW's decoupled decay, per step, scaled by the learning rate
@@ -68,9 +68,9 @@ class TrainConfig:
             raise ConfigError(
                 f"learning_rate must be a number in (0, 1). Received: learning_rate={self.learning_rate!r}"
             )
-        if not _is_number(self.validation_split) or not 0 < self.validation_split < 1:
+        if not _is_number(self.validation_split) or not 0 <= self.validation_split < 1:
             raise ConfigError(
-                "validation_split must be a fraction in (0, 1). "
+                "validation_split must be a fraction in [0, 1) (0: train on every training image). "
                 f"Received: validation_split={self.validation_split!r}"
             )
         _check_choice("optimizer", self.optimizer, ("adam", "adamw"))

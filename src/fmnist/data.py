@@ -356,11 +356,12 @@ def split(
     """Hold out the last `validation_split` of the images, as Keras's `validation_split` does.
 
     The split is the same for every seed, so validation scores of different
-    seeds and models are comparable. Returns (x_fit, y_fit, x_val, y_val).
+    seeds and models are comparable. Returns (x_fit, y_fit, x_val, y_val);
+    with `validation_split` 0, every image is for fitting and x_val is empty.
     """
     cut = int(math.ceil(len(x) * (1.0 - validation_split)))  # Keras's own formula
     n_val = len(x) - cut
-    if not 0 < n_val < len(x):
+    if not (0 < n_val or validation_split == 0) or not n_val < len(x):
         raise FmnistError(
             f"validation_split={validation_split} of {len(x)} images leaves no images to "
             "train or to validate on"

@@ -57,7 +57,8 @@ def train_run(
     }
     metadata["split"] = {
         "method": "last",
-        "description": "the last validation_split of the training images, as Keras's validation_split",
+        "description": "the last validation_split of the training images, as Keras's validation_split"
+        if len(x_val) else "none: every training image is trained on (validation_split = 0)",
         "fit_images": len(x_fit),
         "validation_images": len(x_val),
         "validation_class_counts": np.bincount(y_val, minlength=len(data.CLASS_NAMES)).tolist(),
@@ -79,7 +80,7 @@ def train_run(
     model = models.for_inference(model, config.model, config.flip_average)  # what is saved, scored and served
     metadata["selection"] = _selection(config, history)
     predict = models.compile_predict(model)  # one compiled function for validation and test
-    metadata["metrics"] = {"validation": _validation_metrics(predict, x_val, y_val)}
+    metadata["metrics"] = {"validation": _validation_metrics(predict, x_val, y_val)} if len(x_val) else {}
     metadata["timings"] = {
         "data_seconds": data_seconds,
         "fit_seconds": fit_seconds,

@@ -28,7 +28,8 @@ def learning_curves(history: Sequence[dict[str, float]]) -> Figure:
     epochs = [row["epoch"] for row in history]
     for axes, key, title in zip(figure.subplots(1, 2), ("accuracy", "loss"), ("Accuracy", "Loss")):
         axes.plot(epochs, [row[key] for row in history], "o-", label="training")
-        axes.plot(epochs, [row[f"val_{key}"] for row in history], "s-", label="validation")
+        if history and f"val_{key}" in history[0]:  # a run trained on every image has no validation
+            axes.plot(epochs, [row[f"val_{key}"] for row in history], "s-", label="validation")
         axes.set_title(title)
         axes.set_xlabel("epoch")
         axes.set_ylabel(key)

@@ -83,27 +83,20 @@ def fit(
             loss_sum, correct = loss_sum + chunk_loss, correct + chunk_correct
             bar.update(len(images))
         kernel.sync()
-        probabilities = predict(x_val)
-        row = {
-            "epoch": epoch + 1,
-            "loss": loss_sum / len(x_fit),
-            "accuracy": correct / len(x_fit),
-            "val_loss": float(validation_loss(y_val_onehot, probabilities)),
-            "val_accuracy": float(np.mean(probabilities.argmax(axis=1) == y_val)),
-            "seconds": time.perf_counter() - started,
-        }
+        row = {"epoch": epoch + 1, "loss": loss_sum / len(x_fit), "accuracy": correct / len(x_fit)}
+        if len(x_val):  # a run trained on every image (validation_split = 0) has no validation
+            probabilities = predict(x_val)
+            row["val_loss"] = float(validation_loss(y_val_onehot, probabilities))
+            row["val_accuracy"] = float(np.mean(probabilities.argmax(axis=1) == y_val))
+        row["seconds"] = time.perf_counter() - started
         history.append(row)
         if checkpoint is not None:  # before the epoch is reported: a reported epoch is never lost
             _save(checkpoint, model, optimizer, history)
-        summary = (
-            f"loss {row['loss']:.4f}  accuracy {row['accuracy']:.4f}  "
-            f"val_loss {row['val_loss']:.4f}  val_accuracy {row['val_accuracy']:.4f}"
-        )
+        summary = "  ".join(f"{key} {row[key]:.4f}" for key in row if key not in ("epoch", "seconds"))
         if on_terminal:
+            short = {"loss": "loss", "accuracy": "acc", "val_loss": "val_loss", "val_accuracy": "val_acc"}
             bar.set_postfix_str(
-                f"loss {row['loss']:.3f} acc {row['accuracy']:.3f} "
-                f"val_loss {row['val_loss']:.3f} val_acc {row['val_accuracy']:.3f}",
-                refresh=False,
+                " ".join(f"{name} {row[key]:.3f}" for key, name in short.items() if key in row), refresh=False
             )
             bar.close()
         else:
