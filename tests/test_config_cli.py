@@ -146,3 +146,13 @@ def test_the_time_limit_flag_overrides_the_recipe(monkeypatch: pytest.MonkeyPatc
     assert (trained[0].time_limit, trained[0].epochs) == (2.5, 30)
     assert cli.main(["train", "--model", "mlp", "--time-limit", "0"]) == 0  # 0: no limit
     assert train.planned_epochs(trained[1], [{"seconds": 1e9}] * 2) == trained[1].epochs
+
+
+def test_models_lists_each_models_size_backend_and_training_length(capsys: pytest.CaptureFixture) -> None:
+    assert cli.main(["models"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:4] == ["model", "parameters", "trains", "on"]
+    rows = {line.split()[0]: line for line in lines[1:]}
+    assert set(rows) == {"mlp", "cnn", "resnet"}
+    assert "109,386  jax" in rows["mlp"] and "10 epochs " in rows["mlp"]
+    assert "1,943,722  tensorflow" in rows["resnet"] and "<= 100 epochs, 58 min" in rows["resnet"]

@@ -258,13 +258,17 @@ def _data(args: argparse.Namespace) -> int:
 
 
 def _models(args: argparse.Namespace) -> int:
-    from fmnist import models
+    from fmnist import config, models
 
     models.select_backend("mlp", "jax", training=False)
-    print(f"{'model':8s} {'parameters':>10s}  {'trains on':10s} description")
+    print(f"{'model':8s} {'parameters':>10s}  {'trains on':10s} {'training':24s} description")
     for spec in models.MODELS.values():
         parameters = models.count_parameters(spec.build())
-        print(f"{spec.name:8s} {parameters:10,d}  {spec.backend:10s} {spec.description}")
+        recipe = config.resolve(model=spec.name)
+        length = f"{recipe.epochs} epochs"
+        if recipe.time_limit:
+            length = f"<= {recipe.epochs} epochs, {recipe.time_limit:g} min"
+        print(f"{spec.name:8s} {parameters:10,d}  {spec.backend:10s} {length:24s} {spec.description}")
     return 0
 
 
