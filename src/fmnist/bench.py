@@ -413,6 +413,10 @@ def _read_ledger(path: Path) -> dict:
         raise FmnistError(f"{path.parent} is not a benchmark folder to resume ({path.name}: {error})") from None
     if not isinstance(ledger, dict) or not {"settings", "runs", "inference_images_per_second"} <= set(ledger):
         raise FmnistError(f"{path} is not an fmnist benchmark ledger")
+    from fmnist import runs
+
+    for run in ledger["runs"]:  # ledgers written before runs recorded their CPU: from the run's own metadata
+        run.setdefault("machine", runs.read_metadata(path.parent / run["run"])["machine"]["cpu"])
     return ledger
 
 
@@ -428,8 +432,6 @@ def _accuracy_summary(ledger: dict, specs: list, root: Path, command: str) -> di
         if not model_runs:
             continue
         first = runs.read_metadata(root / model_runs[0]["run"])
-        for run in model_runs:  # ledgers written before runs recorded their CPU: from the run's own metadata
-            run.setdefault("machine", runs.read_metadata(root / run["run"])["machine"]["cpu"])
         test = np.array([run["test_accuracy"] for run in model_runs])
         results.append({
             "model": spec.name,

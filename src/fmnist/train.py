@@ -200,9 +200,6 @@ class _Kernel:
     def sync(self) -> None:
         """Write the kernel's state into the Keras variables."""
 
-    def load(self) -> None:
-        """Read the kernel's state from the Keras variables."""
-
 
 def _make_kernel(model: keras.Model, optimizer: Any, loss_fn: Any) -> _Kernel:
     backend = keras.backend.backend()
@@ -249,18 +246,16 @@ class _JaxKernel(_Kernel):
             return state, jnp.sum(losses), jnp.sum(correct)
 
         self._train_chunk = jax.jit(train_chunk)
-        self.load()
+        # The state starts from the Keras variables (a resumed run has restored them).
+        self.state = (
+            [v.value for v in model.trainable_variables],
+            [v.value for v in model.non_trainable_variables],
+            [v.value for v in optimizer.variables],
+        )
 
     def train(self, images: np.ndarray, labels: np.ndarray, rates: np.ndarray) -> tuple[float, int]:
         self.state, loss_sum, correct = self._train_chunk(self.state, images, labels, rates)
         return float(loss_sum), int(correct)
-
-    def load(self) -> None:
-        self.state = (
-            [v.value for v in self.model.trainable_variables],
-            [v.value for v in self.model.non_trainable_variables],
-            [v.value for v in self.optimizer.variables],
-        )
 
     def sync(self) -> None:
         trainable, non_trainable, optimizer_state = self.state
