@@ -7,9 +7,10 @@ import sys
 
 import keras
 import numpy as np
+import pytest
 
 from fmnist import models
-from fmnist.layers import Mirror
+from fmnist.layers import Mirror, Shift
 
 RNG = np.random.default_rng(0)
 
@@ -79,6 +80,17 @@ def test_mirror_reverses_columns_only() -> None:
     np.testing.assert_array_equal(np.asarray(Mirror()(images)), images[:, :, ::-1])
 
 
+@pytest.mark.parametrize("dy, dx", [(1, 0), (-1, 0), (0, 2), (0, -2), (-1, 1)])
+def test_shift_translates_and_fills_with_black(dy: int, dx: int) -> None:
+    images = RNG.integers(1, 256, (3, 28, 28), dtype=np.uint8)
+    expected = np.zeros_like(images)
+    expected[:, max(dy, 0) : 28 + min(dy, 0), max(dx, 0) : 28 + min(dx, 0)] = images[
+        :, max(-dy, 0) : 28 + min(-dy, 0), max(-dx, 0) : 28 + min(-dx, 0)
+    ]
+    np.testing.assert_array_equal(np.asarray(Shift(dy, dx)(images)), expected)
+    assert (np.asarray(Shift(dy, dx)(images)) == 0).sum() == (expected == 0).sum() > 0
+
+
 def test_flip_average_predicts_the_mean_over_the_image_and_its_mirror(tmp_path) -> None:
     keras.utils.set_random_seed(2)
     model = models.build("cnn")
@@ -93,3 +105,24 @@ def test_flip_average_predicts_the_mean_over_the_image_and_its_mirror(tmp_path) 
     loaded = keras.saving.load_model(tmp_path / "model.keras", safe_mode=True)
     np.testing.assert_allclose(models.compile_predict(loaded)(images), expected, atol=1e-6)
     assert models.for_inference(model, "cnn") is model  # float32 without averaging: unchanged
+
+
+def test_shift_average_predicts_the_mean_over_ten_views_and_survives_saving(tmp_path) -> None:
+    keras.utils.set_random_seed(3)
+    model = models.build("cnn")
+    averaged = models.for_inference(model, "cnn", flip_average=True, shift_average=1)
+    images = RNG.integers(0, 256, (5, 28, 28), dtype=np.uint8)
+    padded = np.pad(images, ((0, 0), (1, 1), (1, 1)))
+    views = []
+    for original in (padded, padded[:, :, ::-1]):
+        for dy, dx in [(0, 0), (-1, 0), (1, 0), (0, -1), (0, 1)]:  # the image moved up, down, left, right
+            views.append(original[:, 1 - dy : 29 - dy, 1 - dx : 29 - dx])
+    expected = np.mean([np.asarray(model(np.ascontiguousarray(view))) for view in views], axis=0)
+    np.testing.assert_allclose(models.compile_predict(averaged, batch_size=4)(images), expected, atol=1e-6)
+    averaged.save(tmp_path / "model.keras")
+    loaded = keras.saving.load_model(tmp_path / "model.keras", safe_mode=True)
+    np.testing.assert_allclose(models.compile_predict(loaded)(images), expected, atol=1e-6)
+    # Shifts alone: the image and its four shifted copies.
+    shifted = models.for_inference(model, "cnn", shift_average=1)
+    unflipped = np.mean([np.asarray(model(np.ascontiguousarray(view))) for view in views[:5]], axis=0)
+    np.testing.assert_allclose(models.compile_predict(shifted)(images), unflipped, atol=1e-6)

@@ -511,8 +511,11 @@ def _recipe_words(recipe: dict) -> str:
         words.append("augmentation: " + ", ".join(augment))
     if recipe.get("precision", "float32") != "float32":
         words.append(f"{recipe['precision']} compute")
-    if recipe.get("flip_average"):
-        words.append("prediction averaged with the mirror image")
+    views = (["the mirror image"] if recipe.get("flip_average") else []) + (
+        [f"copies shifted {recipe['shift_average']} px up, down, left and right"] if recipe.get("shift_average") else []
+    )
+    if views:
+        words.append("prediction averaged with " + " and ".join(views))
     return "; ".join(words)
 
 

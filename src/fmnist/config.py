@@ -45,8 +45,11 @@ class TrainConfig:
     # mixed_bfloat16); the saved model is float32 either way.
     precision: str = "float32"
     # Test-time augmentation: the saved model averages its probabilities over each
-    # image and its mirror image (for models trained with flip = true).
+    # image and its mirror image (for models trained with flip = true), and with
+    # shift_average = s also over their copies shifted s pixels up, down, left and
+    # right (for models trained with shifts): 2 or 5 views, 10 with both.
     flip_average: bool = False
+    shift_average: int = 0
     # Minutes of training (the epoch loop) the run may take (None or 0: no limit). The
     # run trains as many of its `epochs` as fit, timed as it goes, and fits its
     # learning-rate schedule to them, so a recipe keeps its budget on any machine.
@@ -99,6 +102,9 @@ class TrainConfig:
         _check_int("shift_pixels", self.shift_pixels)
         if not 0 <= self.shift_pixels <= 8:
             raise ConfigError(f"shift_pixels must be within 0-8. Received: shift_pixels={self.shift_pixels!r}")
+        _check_int("shift_average", self.shift_average)
+        if not 0 <= self.shift_average <= 4:
+            raise ConfigError(f"shift_average must be within 0-4. Received: shift_average={self.shift_average!r}")
         for name in ("flip", "flip_average"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false. Received: {name}={getattr(self, name)!r}")

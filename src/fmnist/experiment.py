@@ -77,7 +77,9 @@ def train_run(
         config, model, x_fit, y_fit, x_val, y_val, checkpoint=partial / runs.CHECKPOINT_FILE
     )
     fit_seconds = time.perf_counter() - fit_started
-    model = models.for_inference(model, config.model, config.flip_average)  # what is saved, scored and served
+    model = models.for_inference(  # what is saved, scored and served
+        model, config.model, config.flip_average, config.shift_average
+    )
     metadata["selection"] = _selection(config, history)
     predict = models.compile_predict(model)  # one compiled function for validation and test
     metadata["metrics"] = {"validation": _validation_metrics(predict, x_val, y_val)} if len(x_val) else {}

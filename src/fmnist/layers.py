@@ -64,3 +64,25 @@ class Mirror(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return input_shape
+
+
+@keras.saving.register_keras_serializable(package="fmnist")
+class Shift(keras.layers.Layer):
+    """Translate images by (dy, dx) pixels, down and right for positive values, filling with black."""
+
+    def __init__(self, dy: int = 0, dx: int = 0, **kwargs):
+        super().__init__(**kwargs)
+        self.dy, self.dx = int(dy), int(dx)
+
+    def call(self, inputs):
+        pad = max(abs(self.dy), abs(self.dx))
+        height, width = inputs.shape[1], inputs.shape[2]
+        padded = keras.ops.pad(inputs, ((0, 0), (pad, pad), (pad, pad)))
+        top, left = pad - self.dy, pad - self.dx
+        return padded[:, top : top + height, left : left + width]
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "dy": self.dy, "dx": self.dx}

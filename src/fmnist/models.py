@@ -172,27 +172,36 @@ def build(name: str, precision: str = "float32") -> keras.Model:
         keras.config.set_dtype_policy(previous)
 
 
-def for_inference(model: keras.Model, name: str, flip_average: bool = False) -> keras.Model:
+def for_inference(model: keras.Model, name: str, flip_average: bool = False, shift_average: int = 0) -> keras.Model:
     """The model to save, score and serve, from a trained `model`.
 
     Always float32 (a copy with the same weights if it trained in bfloat16).
     With `flip_average`, it averages the probabilities of each image and its
-    mirror image (test-time augmentation, for models trained with flips), so
+    mirror image; with `shift_average` = s, also of their copies shifted s
+    pixels up, down, left and right (test-time augmentation, for models
+    trained with flips and shifts). The averaging is part of the model, so
     every user of the saved file gets the same predictions the test set got.
     """
     import keras
 
-    from fmnist.layers import Mirror
+    from fmnist.layers import Mirror, Shift
 
     if model.dtype_policy.name != "float32":
         copy = build(name)
         copy.set_weights(model.get_weights())
         model = copy
-    if not flip_average:
+    if not flip_average and not shift_average:
         return model
     images = keras.Input(shape=(28, 28), dtype="uint8", name="image")
-    mirrored = Mirror(name="mirror")(images)
-    probabilities = keras.layers.Average(name="flip_average")([model(images), model(mirrored)])
+    originals = {"image": images, "mirror": Mirror(name="mirror")(images)} if flip_average else {"image": images}
+    views = []
+    for label, original in originals.items():
+        views.append(original)
+        if shift_average:
+            s = shift_average
+            for where, (dy, dx) in {"up": (-s, 0), "down": (s, 0), "left": (0, -s), "right": (0, s)}.items():
+                views.append(Shift(dy, dx, name=f"{label}_{where}")(original))
+    probabilities = keras.layers.Average(name="view_average")([model(view) for view in views])
     return keras.Model(images, probabilities, name=model.name)
 
 
