@@ -104,7 +104,10 @@ def test_a_model_trained_on_every_image_shows_no_validation_accuracy() -> None:
     (result,) = summary["results"]
     result["runs"][0]["validation_accuracy"] = result["validation_accuracy_mean"] = None
     result["validation_images"] = 0
+    result["recipe"].update(validation_split=0, flip=True, flip_average=True, shift_average=1)
     text = bench._accuracy_markdown(summary, "plot.png")
+    assert "10 epochs on every training image (no validation split); batch 32" in text
+    assert "prediction averaged with the mirror image and copies shifted 1 px up, down, left and right" in text
     assert "| 88.00% ± 0.00 (n=1) | — | 100,000 |" in text
     assert "| mlp | 0 | 1.00 | 10 | 88.00% | — | 500 |" in text
     assert "validation_split = 0, has none" in text

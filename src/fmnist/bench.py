@@ -494,6 +494,8 @@ def _recipe_words(recipe: dict) -> str:
     epochs = f"{recipe['epochs']} epochs"
     if recipe.get("time_limit"):
         epochs = f"as many of up to {recipe['epochs']} epochs as fit in {recipe['time_limit']:g} minutes of training"
+    if recipe.get("validation_split") == 0:
+        epochs += " on every training image (no validation split)"
     words = [
         epochs, f"batch {recipe['batch_size']}",
         f"{recipe['optimizer']} lr {recipe['learning_rate']:g}",

@@ -148,13 +148,13 @@ MODELS: dict[str, ModelSpec] = {
             "cnn",
             build_cnn,
             backend="tensorflow",  # oneDNN convolutions: 3-4x faster than XLA's on this CPU
-            description="the fast model: a 5-layer CNN with BatchNorm (bfloat16 training, flip averaging)",
+            description="the fast model: a 5-layer CNN with BatchNorm (bfloat16 training, test-time averaging)",
         ),
         ModelSpec(
             "resnet",
             build_resnet,
             backend="tensorflow",
-            description="the best model: a ResNet-9-style residual net (bfloat16 training, flip averaging)",
+            description="the best model: a ResNet-9-style residual net (bfloat16 training, test-time averaging)",
         ),
     ]
 }
