@@ -99,12 +99,11 @@ class TrainConfig:
             raise ConfigError(
                 f"warmup_epochs applies to schedule = 'cosine' only. Received: schedule={self.schedule!r}"
             )
-        _check_int("shift_pixels", self.shift_pixels)
-        if not 0 <= self.shift_pixels <= 8:
-            raise ConfigError(f"shift_pixels must be within 0-8. Received: shift_pixels={self.shift_pixels!r}")
-        _check_int("shift_average", self.shift_average)
-        if not 0 <= self.shift_average <= 4:
-            raise ConfigError(f"shift_average must be within 0-4. Received: shift_average={self.shift_average!r}")
+        for name, most in (("shift_pixels", 8), ("shift_average", 4)):
+            value = getattr(self, name)
+            _check_int(name, value)
+            if not 0 <= value <= most:
+                raise ConfigError(f"{name} must be within 0-{most}. Received: {name}={value!r}")
         for name in ("flip", "flip_average"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false. Received: {name}={getattr(self, name)!r}")

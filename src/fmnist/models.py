@@ -194,13 +194,12 @@ def for_inference(model: keras.Model, name: str, flip_average: bool = False, shi
         return model
     images = keras.Input(shape=(28, 28), dtype="uint8", name="image")
     originals = {"image": images, "mirror": Mirror(name="mirror")(images)} if flip_average else {"image": images}
+    s = shift_average
+    shifts = {"up": (-s, 0), "down": (s, 0), "left": (0, -s), "right": (0, s)} if s else {}
     views = []
     for label, original in originals.items():
         views.append(original)
-        if shift_average:
-            s = shift_average
-            for where, (dy, dx) in {"up": (-s, 0), "down": (s, 0), "left": (0, -s), "right": (0, s)}.items():
-                views.append(Shift(dy, dx, name=f"{label}_{where}")(original))
+        views += [Shift(dy, dx, name=f"{label}_{where}")(original) for where, (dy, dx) in shifts.items()]
     probabilities = keras.layers.Average(name="view_average")([model(view) for view in views])
     return keras.Model(images, probabilities, name=model.name)
 
