@@ -144,6 +144,33 @@ def test_evaluate_rescores_the_saved_model(run_a: Path, tmp_path: Path, capsys: 
     assert json.loads((copy / runs.METADATA_FILE).read_text())["metrics"]["test"] == recorded
 
 
+def test_views_are_compared_on_the_validation_split(run_a: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from fmnist import data, experiment, models
+
+    comparison = experiment.compare_views(run_a)
+    rows = comparison["rows"]
+    assert comparison["validation_images"] == 1200 and comparison["saved_views"] == 1
+    assert [row["views"] for row in rows] == [1, 2, 5, 6, 6, 10, 18]
+    # One view is the saved model itself, as scored on validation when it was trained.
+    recorded = runs.read_metadata(run_a)["metrics"]["validation"]
+    assert rows[0]["accuracy"] == pytest.approx(recorded["accuracy"], abs=1e-9)
+    # The recipe's 10 views are what `for_inference` averages (the oracle, built independently).
+    x_val, y_val = data.load().x_train[4800:6000], data.load().y_train[4800:6000]
+    averaged = models.for_inference(runs.load_model(run_a), "mlp", flip_average=True, shift_average=1)
+    expected = np.mean(models.compile_predict(averaged)(x_val).argmax(axis=1) == y_val)
+    assert rows[5]["accuracy"] == pytest.approx(expected, abs=1e-9)
+
+    # A saved model that averages views is compared through the network inside it.
+    copy = tmp_path / "averaged"
+    shutil.copytree(run_a, copy)
+    runs.save_model(copy, averaged)
+    assert experiment.compare_views(copy)["rows"] == rows
+    assert cli.main(["evaluate", str(copy), "--views"]) == 0
+    out = capsys.readouterr().out
+    assert "on its 1,200 validation images" in out and f"{rows[5]['accuracy']:.2%}" in out
+    assert runs.read_metadata(copy)["metrics"] == runs.read_metadata(run_a)["metrics"]  # nothing rewritten
+
+
 @pytest.mark.parametrize("damage", ["garbage", "foreign", "no-metadata"])
 def test_a_model_that_is_not_ours_or_corrupt_is_a_clear_error(
     run_a: Path, tmp_path: Path, capsys: pytest.CaptureFixture, damage: str
@@ -218,7 +245,7 @@ def test_newest_run_is_the_last_trained_and_partial_runs_are_not_evaluated(run_a
     assert cli.main(["evaluate", str(tmp_path / "x.partial")]) == 1
 
 
-def test_a_run_on_every_training_image_has_no_validation(tmp_path: Path) -> None:
+def test_a_run_on_every_training_image_has_no_validation(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     from fmnist import config, experiment
 
     settings = config.TrainConfig(epochs=2, validation_split=0.0, train_images=3000, test_images=500)
@@ -231,3 +258,6 @@ def test_a_run_on_every_training_image_has_no_validation(tmp_path: Path) -> None
     assert "validation accuracy<b>n/a</b>" in (run_dir / runs.REPORT_FILE).read_text()
     with Image.open(run_dir / runs.FIGURES["curves"]) as image:
         image.load()
+    # Nor validation images to compare test-time views on: a clear error, not the test set.
+    assert cli.main(["evaluate", str(run_dir), "--views"]) == 1
+    assert "validation_split = 0" in capsys.readouterr().err

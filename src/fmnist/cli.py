@@ -103,6 +103,8 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     evaluate.add_argument("--backend", help="Keras backend: jax or tensorflow")
     evaluate.add_argument("--data-dir", type=Path)
+    evaluate.add_argument("--views", action="store_true",
+                          help="compare test-time views (flips, shifts) on the run's validation split instead")
 
     data = commands.add_parser("data", help="find and verify the dataset, or download it")
     data.add_argument("--data-dir", type=Path)
@@ -195,6 +197,14 @@ def _evaluate(args: argparse.Namespace) -> int:
     models.select_backend(metadata["model"], args.backend, training=False)
     from fmnist import experiment
 
+    if args.views:
+        comparison = experiment.compare_views(args.run_dir, data_dir=args.data_dir)
+        print(f"test-time views of {args.run_dir} on its {comparison['validation_images']:,} validation images "
+              f"(its saved model averages {comparison['saved_views']}):")
+        print(f"{'views':>5}  {'accuracy':>8}  {'loss':>6}")
+        for row in comparison["rows"]:
+            print(f"{row['views']:>5}  {row['accuracy']:>8.2%}  {row['loss']:>6.4f}  {row['description']}")
+        return 0
     test = experiment.evaluate_run(args.run_dir, data_dir=args.data_dir)
     print(f"test accuracy {test['accuracy']:.4f} on {test['images']} images; "
           f"rewrote metrics, plots and report in {args.run_dir}")

@@ -1,4 +1,4 @@
-"""One library function per CLI workflow: train a run, re-evaluate a run.
+"""One library function per CLI workflow: train a run, re-evaluate a run, compare its test-time views.
 
 This is the glue between the stages (data -> models -> train -> run folder ->
 evaluate / plots / report); each stage's logic lives in its own module.
@@ -100,8 +100,7 @@ def train_run(
 
 def evaluate_run(run_dir: Path, data_dir: Path | None = None) -> dict[str, Any]:
     """Re-score a finished run on the test set; rewrite its metrics, plots and report."""
-    if run_dir.name.endswith(runs.PARTIAL):
-        raise FmnistError(f"{run_dir} is an unfinished run; finish it first with fmnist train --resume {run_dir}")
+    _refuse_unfinished(run_dir)
     metadata = runs.read_metadata(run_dir)
     model = runs.load_model(run_dir)
     config = from_dict(metadata["config"])
@@ -112,6 +111,70 @@ def evaluate_run(run_dir: Path, data_dir: Path | None = None) -> dict[str, Any]:
         dataset.x_test[: config.test_images], dataset.y_test[: config.test_images],
     )
     return metadata["metrics"]["test"]
+
+
+def compare_views(run_dir: Path, data_dir: Path | None = None) -> dict[str, Any]:
+    """Score a run's network on its validation split averaged over each set of test-time views.
+
+    The evidence for a recipe's `flip_average` and `shift_average`: the
+    network inside the saved model (without its own averaging) predicts each
+    view once, the image or its mirror image shifted by s pixels (s the
+    run's `shift_average`, else 1), and each set of views averages their
+    probabilities. It never looks at the test set, so a run trained on every
+    image (`validation_split = 0`) has nothing to compare on.
+    """
+    _refuse_unfinished(run_dir)
+    config = from_dict(runs.read_metadata(run_dir)["config"])
+    if not config.validation_split:
+        raise FmnistError(
+            f"{run_dir} trained on every training image (validation_split = 0), so it has no validation "
+            f"images to compare views on; train one with --validation-split 0.2"
+        )
+    network = models.network_of(runs.load_model(run_dir))
+    dataset = data.load(data_dir)
+    x_train, y_train = dataset.x_train[: config.train_images], dataset.y_train[: config.train_images]
+    _, _, x_val, y_val = data.split(x_train, y_train, config.validation_split)
+
+    from fmnist.layers import Mirror, Shift
+
+    predict = models.compile_predict(network)
+    s = config.shift_average or 1
+    originals = {False: x_val, True: keras.ops.convert_to_numpy(Mirror()(x_val))}
+    probabilities = {  # (mirrored, dy, dx) -> (n, 10), every view predicted once
+        (mirrored, dy, dx): predict(keras.ops.convert_to_numpy(Shift(dy, dx)(original)) if dy or dx else original)
+        for mirrored, original in originals.items()
+        for dy in (-s, 0, s)
+        for dx in (-s, 0, s)
+    }
+    centre, sideways, updown = [(0, 0)], [(0, -s), (0, s)], [(-s, 0), (s, 0)]
+    image, both = [False], [False, True]
+    view_sets = {  # description -> (which originals, their offsets)
+        "the image alone": (image, centre),
+        "the image and its mirror image (flip_average)": (both, centre),
+        f"the image, also shifted {s} px up, down, left and right (shift_average = {s}, no flip)":
+            (image, centre + updown + sideways),
+        f"both, also shifted {s} px left and right": (both, centre + sideways),
+        f"both, also shifted {s} px up and down": (both, centre + updown),
+        f"both, also shifted {s} px up, down, left and right (flip_average and shift_average = {s})":
+            (both, centre + updown + sideways),
+        f"both, also shifted to all 8 neighbours {s} px away": (both, [(y, x) for y in (-s, 0, s) for x in (-s, 0, s)]),
+    }
+    rows = []
+    for description, (mirrored, offsets) in view_sets.items():
+        keys = [(m, dy, dx) for m in mirrored for dy, dx in offsets]
+        scores = evaluate.score(y_val, np.mean([probabilities[key] for key in keys], axis=0), data.CLASS_NAMES)
+        rows.append({"views": len(keys), "description": description,
+                     "accuracy": scores["accuracy"], "loss": scores["loss"]})
+    return {
+        "validation_images": len(x_val),
+        "saved_views": (2 if config.flip_average else 1) * (5 if config.shift_average else 1),
+        "rows": rows,
+    }
+
+
+def _refuse_unfinished(run_dir: Path) -> None:
+    if run_dir.name.endswith(runs.PARTIAL):
+        raise FmnistError(f"{run_dir} is an unfinished run; finish it first with fmnist train --resume {run_dir}")
 
 
 def _score_and_report(

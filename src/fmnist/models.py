@@ -204,6 +204,14 @@ def for_inference(model: keras.Model, name: str, flip_average: bool = False, shi
     return keras.Model(images, probabilities, name=model.name)
 
 
+def network_of(model: keras.Model) -> keras.Model:
+    """The network inside a model that averages views (`for_inference`), or `model` itself."""
+    import keras
+
+    inner = [layer for layer in model.layers if isinstance(layer, keras.Model)]
+    return inner[0] if inner else model
+
+
 def get(name: str) -> ModelSpec:
     """The registered model called `name`, or a clear error listing the known ones."""
     try:
