@@ -46,8 +46,7 @@ def train_run(
     # Everything that can fail on the user's input (the data, the split) is done
     # before a run folder exists, so a failed start leaves nothing to clean up.
     dataset = data.load(data_dir)
-    x_train, y_train = dataset.x_train[: config.train_images], dataset.y_train[: config.train_images]
-    x_fit, y_fit, x_val, y_val = data.split(x_train, y_train, config.validation_split)
+    x_train, x_fit, y_fit, x_val, y_val = _training_split(config, dataset)
     x_test, y_test = dataset.x_test[: config.test_images], dataset.y_test[: config.test_images]
     metadata["data"] = {
         "source": str(dataset.source),
@@ -131,9 +130,7 @@ def compare_views(run_dir: Path, data_dir: Path | None = None) -> dict[str, Any]
             f"images to compare views on; train one with --validation-split 0.2"
         )
     network = models.network_of(runs.load_model(run_dir))
-    dataset = data.load(data_dir)
-    x_train, y_train = dataset.x_train[: config.train_images], dataset.y_train[: config.train_images]
-    _, _, x_val, y_val = data.split(x_train, y_train, config.validation_split)
+    _, _, _, x_val, y_val = _training_split(config, data.load(data_dir))
 
     from fmnist.layers import Mirror, Shift
 
@@ -170,6 +167,12 @@ def compare_views(run_dir: Path, data_dir: Path | None = None) -> dict[str, Any]
         "saved_views": (2 if config.flip_average else 1) * (5 if config.shift_average else 1),
         "rows": rows,
     }
+
+
+def _training_split(config: TrainConfig, dataset: data.Dataset) -> tuple[np.ndarray, ...]:
+    """(x_train, x_fit, y_fit, x_val, y_val): the run's training images and its split, the same every time."""
+    x_train, y_train = dataset.x_train[: config.train_images], dataset.y_train[: config.train_images]
+    return (x_train, *data.split(x_train, y_train, config.validation_split))
 
 
 def _refuse_unfinished(run_dir: Path) -> None:
